@@ -1,0 +1,31 @@
+/** The hypercall ABI shared with the guest SDK (docs/guest-abi.md; guest/sdk/include/kvmtalk.h). */
+
+/** Built-in hypercall numbers. 1–12 are KVM's own and never used. */
+export const HC = {
+  HELLO: 20,
+  SEND_VALUE: 21,
+  LOG: 22,
+  NOP: 23,
+  BENCH_MARK: 24,
+  CONSOLE_WRITE: 25,
+} as const;
+
+/** First number available to user handlers. */
+export const HC_USER_BASE = 256;
+/** Largest string KT_HC_LOG and KT_HC_CONSOLE_WRITE accept. */
+export const HC_LOG_MAX = 4096;
+
+/** KVM's hypercall error codes (include/uapi/linux/kvm_para.h); handlers return their negation. */
+export const KT_ERR = {
+  EPERM: 1,
+  E2BIG: 7,
+  EFAULT: 14,
+  EINVAL: 22,
+  EOPNOTSUPP: 95,
+  ENOSYS: 1000,
+} as const;
+
+/** Whether `nr` collides with KVM's own hypercall numbers. */
+export function isKvmReserved(nr: number): boolean {
+  return nr >= 1 && nr <= 12;
+}

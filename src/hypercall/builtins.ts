@@ -1,0 +1,47 @@
+/** The built-in hypercalls every kvmtalk VM answers (docs/guest-abi.md). */
+import { HC, HC_LOG_MAX, KT_ERR } from './abi.js';
+import type { HypercallCall, HypercallTable } from './registry.js';
+
+/** What the built-ins need from their vCPU thread. */
+export interface BuiltinContext {
+  /** Where KT_HC_CONSOLE_WRITE bytes go: the same sink as the serial port's output. */
+  console(bytes: Uint8Array): void;
+  /** Iteration count returned by KT_HC_BENCH_MARK mark 0. */
+  benchIterations: number;
+  /** Timestamps (epoch ms: timeOrigin + now(), comparable across threads) by mark id, written by KT_HC_BENCH_MARK; shared with the main thread. */
+  benchMarks: Float64Array;
+}
+
+/** Returns the string/bytes argument (a0 = GPA, a1 = length), or a negative error code. */
+function guestBytes(call: HypercallCall): Uint8Array | number {
+  const len = call.a1;
+  if (len > BigInt(HC_LOG_MAX)) return -KT_ERR.E2BIG;
+  if (!call.memory.contains(call.a0, Number(len))) return -KT_ERR.EFAULT;
+  return call.memory.read(call.a0, Number(len));
+}
+
+/** Registers HELLO, SEND_VALUE, LOG, NOP, BENCH_MARK and CONSOLE_WRITE in `table`. */
+export function registerBuiltins(table: HypercallTable, ctx: BuiltinContext): void {
+  table.register(HC.HELLO, (call) => call.emit('hello', { cpu: call.cpu }));
+  table.register(HC.SEND_VALUE, (call) => call.emit('value', { cpu: call.cpu, value: call.a0 }));
+  table.register(HC.LOG, (call) => {
+    const bytes = guestBytes(call);
+    if (typeof bytes === 'number') return bytes;
+    call.emit('log', { cpu: call.cpu, text: Buffer.from(bytes).toString('utf8') });
+    return bytes.length;
+  });
+  table.register(HC.NOP, () => 0);
+  table.register(HC.BENCH_MARK, (call) => {
+    const mark = Number(call.a0);
+    if (mark === 0) return ctx.benchIterations;
+    if (mark < 0 || mark >= ctx.benchMarks.length) return -KT_ERR.EINVAL;
+    ctx.benchMarks[mark] = performance.timeOrigin + performance.now();
+    return 0;
+  });
+  table.register(HC.CONSOLE_WRITE, (call) => {
+    const bytes = guestBytes(call);
+    if (typeof bytes === 'number') return bytes;
+    ctx.console(bytes);
+    return bytes.length;
+  });
+}

@@ -1,0 +1,89 @@
+/**
+ * KVM ioctl request numbers and capability ids, computed from <linux/kvm.h>'s _IO/_IOR/_IOW/_IOWR
+ * definitions so each number carries its struct size (checked against gcc by the layout test).
+ */
+import {
+  kvm_cpuid2, kvm_enable_cap, kvm_irq_level, kvm_irqfd, kvm_ioeventfd, kvm_mp_state, kvm_msi, kvm_regs,
+  kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xen_hvm_config, sizeOf,
+} from './structs.js';
+
+const KVMIO = 0xae;
+const NONE = 0;
+const WRITE = 1;
+const READ = 2;
+
+function ioc(dir: number, nr: number, size: number): number {
+  // (dir << 30) overflows int32 in JS bit ops, so build it arithmetically.
+  return dir * 2 ** 30 + ((size << 16) | (KVMIO << 8) | nr);
+}
+const io = (nr: number) => ioc(NONE, nr, 0);
+const ior = (nr: number, size: number) => ioc(READ, nr, size);
+const iow = (nr: number, size: number) => ioc(WRITE, nr, size);
+const iowr = (nr: number, size: number) => ioc(READ | WRITE, nr, size);
+
+/** ioctl request numbers, named as in <linux/kvm.h> without the `KVM_` prefix. */
+export const KVM = {
+  GET_API_VERSION: io(0x00),
+  CREATE_VM: io(0x01),
+  CHECK_EXTENSION: io(0x03),
+  GET_VCPU_MMAP_SIZE: io(0x04),
+  GET_SUPPORTED_CPUID: iowr(0x05, sizeOf(kvm_cpuid2)),
+  CREATE_VCPU: io(0x41),
+  SET_USER_MEMORY_REGION: iow(0x46, sizeOf(kvm_userspace_memory_region)),
+  SET_TSS_ADDR: io(0x47),
+  SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
+  CREATE_IRQCHIP: io(0x60),
+  IRQ_LINE: iow(0x61, sizeOf(kvm_irq_level)),
+  IRQFD: iow(0x76, sizeOf(kvm_irqfd)),
+  IOEVENTFD: iow(0x79, sizeOf(kvm_ioeventfd)),
+  XEN_HVM_CONFIG: iow(0x7a, sizeOf(kvm_xen_hvm_config)),
+  RUN: io(0x80),
+  GET_REGS: ior(0x81, sizeOf(kvm_regs)),
+  SET_REGS: iow(0x82, sizeOf(kvm_regs)),
+  GET_SREGS: ior(0x83, sizeOf(kvm_sregs)),
+  SET_SREGS: iow(0x84, sizeOf(kvm_sregs)),
+  TRANSLATE: iowr(0x85, sizeOf(kvm_translation)),
+  SET_CPUID2: iow(0x90, sizeOf(kvm_cpuid2)),
+  GET_MP_STATE: ior(0x98, sizeOf(kvm_mp_state)),
+  GET_VCPU_EVENTS: ior(0x9f, sizeOf(kvm_vcpu_events)),
+  ENABLE_CAP: iow(0xa3, sizeOf(kvm_enable_cap)),
+  SIGNAL_MSI: iow(0xa5, sizeOf(kvm_msi)),
+  GET_STATS_FD: io(0xce),
+} as const;
+
+/** Capability ids for KVM_CHECK_EXTENSION, named as in <linux/kvm.h> without `KVM_CAP_`. */
+export const CAP = {
+  IRQCHIP: 0,
+  HLT: 1,
+  USER_MEMORY: 3,
+  SET_TSS_ADDR: 4,
+  EXT_CPUID: 7,
+  NR_VCPUS: 9,
+  NR_MEMSLOTS: 10,
+  IRQ_ROUTING: 25,
+  IRQFD: 32,
+  IOEVENTFD: 36,
+  SET_IDENTITY_MAP_ADDR: 37,
+  XEN_HVM: 38,
+  MAX_VCPUS: 66,
+  SYNC_REGS: 74,
+  SIGNAL_MSI: 77,
+  SPLIT_IRQCHIP: 121,
+  IMMEDIATE_EXIT: 136,
+  X86_DISABLE_EXITS: 143,
+  MANUAL_DIRTY_LOG_PROTECT2: 168,
+  X86_USER_SPACE_MSR: 188,
+  DIRTY_LOG_RING: 192,
+  EXIT_HYPERCALL: 201,
+  BINARY_STATS_FD: 203,
+  GUEST_MEMFD: 234,
+} as const;
+
+/** `kvm_run.kvm_valid_regs` / `kvm_dirty_regs` bits. */
+export const SYNC_X86_REGS = 1;
+export const SYNC_X86_SREGS = 2;
+export const SYNC_X86_EVENTS = 4;
+
+/** `KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL`: VMCALL exits to userspace as KVM_EXIT_XEN. */
+export const XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1;
+export const EXIT_XEN_HCALL = 1;

@@ -1,0 +1,169 @@
+/**
+ * The Linux system calls kvmtalk needs, bound once through koffi.
+ *
+ * Every wrapper checks the return value and throws {@link SysError} with the errno name, so callers
+ * never see a bare -1. The ioctl binding takes a fixed third argument (not variadic): koffi's
+ * variadic calls are slower and the kernel reads the argument as an unsigned long anyway.
+ */
+import koffi from 'koffi';
+import os from 'node:os';
+
+const libc = koffi.load('libc.so.6');
+
+const cOpen = libc.func('int open(const char *path, int flags, int mode)');
+const cClose = libc.func('int close(int fd)');
+const cIoctlInt = libc.func('int ioctl(int fd, unsigned long req, unsigned long arg)');
+const cIoctlPtr = libc.func('int ioctl(int fd, unsigned long req, void *arg)');
+const cMmap = libc.func('void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)');
+const cMunmap = libc.func('int munmap(void *addr, size_t len)');
+const cMadvise = libc.func('int madvise(void *addr, size_t len, int advice)');
+const cMemfdCreate = libc.func('int memfd_create(const char *name, unsigned int flags)');
+const cFtruncate = libc.func('int ftruncate(int fd, int64_t len)');
+const cGettid = libc.func('int gettid(void)');
+const cTgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
+const cPread = libc.func('int64_t pread(int fd, void *buf, size_t count, int64_t off)');
+
+/** A failed system call, named by its errno (e.g. `ENOENT`). */
+export class SysError extends Error {
+  constructor(
+    readonly call: string,
+    readonly errno: number,
+  ) {
+    super(`${call}: ${errnoName(errno)} (${describeErrno(errno)})`);
+    this.name = 'SysError';
+  }
+  /** The symbolic errno, such as `EACCES`. */
+  get code(): string {
+    return errnoName(this.errno);
+  }
+}
+
+const errnoNames = new Map<number, string>(
+  Object.entries(os.constants.errno).map(([name, value]) => [value as number, name]),
+);
+
+/** `ENOENT` for 2, and so on; falls back to the number. */
+export function errnoName(errno: number): string {
+  return errnoNames.get(errno) ?? `errno ${errno}`;
+}
+
+const errnoText: Record<string, string> = {
+  EPERM: 'operation not permitted',
+  ENOENT: 'no such file or directory',
+  EINTR: 'interrupted system call',
+  EIO: 'I/O error',
+  EBADF: 'bad file descriptor',
+  EAGAIN: 'resource temporarily unavailable',
+  ENOMEM: 'out of memory',
+  EACCES: 'permission denied',
+  EFAULT: 'bad address',
+  EBUSY: 'device or resource busy',
+  EEXIST: 'already exists',
+  ENODEV: 'no such device',
+  EINVAL: 'invalid argument',
+  ENOTTY: 'ioctl not supported by this device',
+  ENOSPC: 'no space left',
+  ENOSYS: 'function not implemented',
+  E2BIG: 'argument list too long',
+  ENXIO: 'no such device or address',
+  EOPNOTSUPP: 'operation not supported',
+};
+
+function describeErrno(errno: number): string {
+  return errnoText[errnoName(errno)] ?? 'system error';
+}
+
+function lastErrno(): number {
+  return koffi.errno() as number;
+}
+
+function check(call: string, ret: number): number {
+  if (ret < 0) throw new SysError(call, lastErrno());
+  return ret;
+}
+
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CLOEXEC = 0o2000000;
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const MAP_ANONYMOUS = 0x20;
+export const MFD_CLOEXEC = 1;
+export const MFD_HUGETLB = 4;
+export const MADV_HUGEPAGE = 14;
+export const SIGUSR2 = 12;
+
+/** open(2); throws {@link SysError}. */
+export function open(path: string, flags: number, mode = 0): number {
+  return check(`open ${path}`, cOpen(path, flags | O_CLOEXEC, mode));
+}
+
+/** close(2). Errors are ignored: there is nothing useful to do with them at teardown. */
+export function close(fd: number): void {
+  cClose(fd);
+}
+
+/** ioctl(2) with an integer (or no) argument; returns the non-negative result. */
+export function ioctl(fd: number, name: string, req: number, arg: number | bigint = 0): number {
+  return check(name, cIoctlInt(fd, req, arg));
+}
+
+/** ioctl(2) with a pointer to a buffer the kernel reads and/or fills. */
+export function ioctlBuf(fd: number, name: string, req: number, buf: Uint8Array | ArrayBuffer): number {
+  return check(name, cIoctlPtr(fd, req, buf));
+}
+
+/** Raw ioctl returning -errno instead of throwing; the vCPU run loop uses it to avoid exceptions on EINTR. */
+export function ioctlRaw(fd: number, req: number, arg: number): number {
+  const r = cIoctlInt(fd, req, arg) as number;
+  return r < 0 ? -lastErrno() : r;
+}
+
+/** mmap(2) a shared mapping of `fd`; returns the address as a BigInt. */
+export function mmap(len: number, prot: number, flags: number, fd: number, offset = 0): bigint {
+  const addr = BigInt(koffi.address(cMmap(null, len, prot, flags, fd, offset)));
+  if (addr === 0xffffffffffffffffn) throw new SysError('mmap', lastErrno());
+  return addr;
+}
+
+/** munmap(2). */
+export function munmap(addr: bigint, len: number): void {
+  check('munmap', cMunmap(addr, len));
+}
+
+/** madvise(2). */
+export function madvise(addr: bigint, len: number, advice: number): void {
+  check('madvise', cMadvise(addr, len, advice));
+}
+
+/** memfd_create(2). */
+export function memfdCreate(name: string, flags: number): number {
+  return check('memfd_create', cMemfdCreate(name, flags));
+}
+
+/** ftruncate(2). */
+export function ftruncate(fd: number, len: number): void {
+  check('ftruncate', cFtruncate(fd, len));
+}
+
+/** The calling thread's kernel thread id. */
+export function gettid(): number {
+  return cGettid();
+}
+
+/** tgkill(2): send a signal to one thread of this process. */
+export function tgkill(tid: number, sig: number): void {
+  check('tgkill', cTgkill(process.pid, tid, sig));
+}
+
+/** pread(2) into `buf`; returns the number of bytes read. */
+export function pread(fd: number, buf: Uint8Array, offset: number): number {
+  return check('pread', cPread(fd, buf, buf.length, offset));
+}
+
+/** A zero-copy view of `len` bytes of this process's memory at `addr`. */
+export function view(addr: bigint, len: number): ArrayBuffer {
+  return koffi.view(addr, len) as ArrayBuffer;
+}

@@ -1,0 +1,113 @@
+/**
+ * Entry point of a vCPU worker thread: rebuilds the thread's view of the VM (vCPU fd, guest RAM,
+ * devices, hypercall table) from `workerData`, then runs {@link VcpuRunner} until the vCPU ends.
+ */
+import { writeSync } from 'node:fs';
+import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
+import { PORT } from '../arch/x86/layout.js';
+import { DebugExit } from '../devices/debug-exit.js';
+import { Park } from '../devices/park.js';
+import { COM1_BASE, SERIAL_PORT_COUNT, Serial16550, SerialInput } from '../devices/serial-16550.js';
+import { registerBuiltins } from '../hypercall/builtins.js';
+import { HypercallTable, type HypercallCall, type HypercallModule } from '../hypercall/registry.js';
+import { gettid } from '../kvm/sys.js';
+import { VcpuFd } from '../kvm/vcpu-fd.js';
+import { GuestMemory } from '../memory/guest-memory.js';
+import { Bus } from './bus.js';
+import { ExitStats } from './exit-stats.js';
+import { VcpuRunner } from './vcpu-runner.js';
+import {
+  CALL_IDLE, CALL_WAITING, CTL, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuWorkerData,
+} from './worker-protocol.js';
+
+const data = workerData as VcpuWorkerData;
+const port = parentPort!;
+const ctl = new Int32Array(data.control);
+const callResult = new BigInt64Array(data.control, CTL_CALL_RESULT_OFFSET, 1);
+const post = (msg: FromWorker) => port.postMessage(msg);
+const emit = (event: string, payload: unknown) => post({ type: 'event', cpu: data.cpu, event, payload });
+
+function writeStdout(bytes: Uint8Array): void {
+  for (let off = 0; off < bytes.length; ) {
+    try {
+      off += writeSync(1, bytes, off, bytes.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return; // stdout closed: drop output, keep the VM
+    }
+  }
+}
+const consoleSink = data.console === 'stdout' ? writeStdout : (bytes: Uint8Array) => post({ type: 'console', bytes });
+
+const memory = GuestMemory.attach(data.regions);
+const vcpu = new VcpuFd(data.vcpuFd, data.cpu, data.runSize);
+const serial = new Serial16550({ output: consoleSink, input: SerialInput.fromBuffer(data.serialInput) });
+const bus = new Bus();
+bus.addPio(COM1_BASE, SERIAL_PORT_COUNT, serial);
+bus.addPio(PORT.debugExit, 1, new DebugExit());
+bus.addPio(PORT.park, 1, new Park());
+
+const hypercalls = new HypercallTable(data.cpu);
+registerBuiltins(hypercalls, {
+  console: (bytes) => {
+    serial.flush();
+    consoleSink(bytes);
+  },
+  benchIterations: data.benchIterations,
+  benchMarks: new Float64Array(data.benchMarks),
+});
+
+/** A handler that runs on the main thread: post the call, then block this vCPU until it is answered. */
+function remoteHandler(call: HypercallCall): bigint {
+  Atomics.store(ctl, CTL.CALL_STATE, CALL_WAITING);
+  post({ type: 'call', cpu: data.cpu, nr: call.nr, args: [call.a0, call.a1, call.a2, call.a3] });
+  Atomics.wait(ctl, CTL.CALL_STATE, CALL_WAITING);
+  Atomics.store(ctl, CTL.CALL_STATE, CALL_IDLE);
+  return callResult[0];
+}
+for (const nr of data.remoteHypercalls) hypercalls.register(nr, remoteHandler);
+
+async function loadModule(url: string): Promise<void> {
+  const mod = (await import(url)) as { default?: HypercallModule };
+  if (typeof mod.default !== 'function') throw new Error(`${url} has no default export function (hc) => void`);
+  await mod.default(hypercalls);
+}
+
+let mailboxSeen = 0;
+const stats = new ExitStats(data.timing);
+const runner = new VcpuRunner(data.cpu, vcpu, memory, bus, hypercalls, stats, {
+  stopRequested: () => Atomics.load(ctl, CTL.STOP) !== 0,
+  mailboxPending: () => Atomics.load(ctl, CTL.MAILBOX) !== mailboxSeen,
+}, emit, data.longMode);
+
+async function drainMailbox(): Promise<void> {
+  mailboxSeen = Atomics.load(ctl, CTL.MAILBOX);
+  for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
+    const msg = m.message as ToWorker;
+    if (msg.type === 'remote-hypercall') hypercalls.register(msg.nr, remoteHandler);
+    else if (msg.type === 'load-module') {
+      try {
+        await loadModule(msg.url);
+        post({ type: 'module-loaded', id: msg.id });
+      } catch (e) {
+        post({ type: 'module-loaded', id: msg.id, error: (e as Error).message });
+      }
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  for (const url of data.modules) await loadModule(url);
+  Atomics.store(ctl, CTL.TID, gettid());
+  post({ type: 'ready', cpu: data.cpu, tid: gettid() });
+  while (runner.runUntilEvent() === 'mailbox') {
+    await drainMailbox();
+    runner.resume();
+  }
+  serial.flush();
+  post({ type: 'done', cpu: data.cpu, outcome: runner.result!, stats: stats.snapshot() });
+}
+
+main().catch((e: Error) => {
+  serial.flush();
+  post({ type: 'done', cpu: data.cpu, outcome: { kind: 'failed', message: `vCPU ${data.cpu} thread failed: ${e.message}` }, stats: stats.snapshot() });
+});

@@ -1,0 +1,449 @@
+/**
+ * The public VM object: creates a KVM VM with memfd-backed RAM and N vCPUs, loads an image in long
+ * or real mode, runs each vCPU on its own worker thread, and turns what the vCPUs report into one
+ * {@link VmResult}. Lives on the main thread; the hot exit path never comes here.
+ */
+import { EventEmitter } from 'node:events';
+import { Worker } from 'node:worker_threads';
+import { cpuidForVcpu } from '../arch/x86/cpuid.js';
+import { IMAGE_BASE, MAX_VCPUS, SYSTEM_END } from '../arch/x86/layout.js';
+import { buildLongModeSystem, longModeRegs, longModeSregs } from '../arch/x86/long-mode.js';
+import { realModeState, zeroRegs } from '../arch/x86/real-mode.js';
+import { SerialInput } from '../devices/serial-input.js';
+import { HypercallCall, type HypercallHandler } from '../hypercall/registry.js';
+import { isKvmReserved, KT_ERR } from '../hypercall/abi.js';
+import { CAP } from '../kvm/ioctls.js';
+import { Kvm } from '../kvm/kvm.js';
+import { REG, REG_NAMES, type RegName } from '../kvm/kvm-run.js';
+import { KvmStats, type StatValues } from '../kvm/stats.js';
+import * as sys from '../kvm/sys.js';
+import type { Regs, VcpuFd } from '../kvm/vcpu-fd.js';
+import type { VmFd } from '../kvm/vm-fd.js';
+import { ImageError, placeImage, type ElfImage, type ReservedRange } from '../loader/elf.js';
+import { GuestMemory, parseSize } from '../memory/guest-memory.js';
+import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
+import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
+import {
+  CALL_ANSWERED, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type ConsoleMode, type FromWorker, type ToWorker, type VcpuWorkerData,
+} from './worker-protocol.js';
+
+/** Options of {@link Vm.create}. */
+export interface VmOptions {
+  /** Guest RAM, in bytes or as text like `64M` (default 64 MiB). */
+  memory?: number | string;
+  /** Number of vCPUs (default 1). */
+  vcpus?: number;
+  /**
+   * Where guest console output goes: `'stdout'` writes it from the vCPU thread directly; `'capture'`
+   * emits `console` events on the main thread instead (default `'stdout'`).
+   */
+  console?: 'stdout' | 'capture';
+  /** Record exit-latency histograms (costs two clock reads per exit). */
+  timing?: boolean;
+  /** Host log lines (Hello World, received values, guest log strings); default: stderr. */
+  log?: (line: string) => void;
+  /** Path of the KVM device (default /dev/kvm). */
+  kvmPath?: string;
+  /** Per-vCPU stack size in long mode (default 256 KiB). */
+  stackSize?: number;
+  /** What KT_HC_BENCH_MARK mark 0 returns (benchmarks). */
+  benchIterations?: number;
+}
+
+/** How {@link Vm.load} starts the guest. */
+export interface LoadOptions {
+  /** `'long'` (default): 64-bit, set up by the VMM. `'real'`: 16-bit real mode for raw images. */
+  mode?: 'long' | 'real';
+  /** Long mode only: privilege level of guest code (default 3, which runs natively on PVM hosts). */
+  cpl?: 0 | 3;
+  /** Register values applied to every vCPU after the mode's defaults. */
+  regs?: Partial<Record<RegName, bigint>>;
+}
+
+/** Exit statistics of a finished run. */
+export interface RunStats {
+  /** Exit counts by `KVM_EXIT_*` number, summed over vCPUs. */
+  exits: number[];
+  /** Time inside KVM_RUN per exit, when timing was on. */
+  inKvm?: LatencyHistogram;
+  /** Time the VMM spent on each exit, when timing was on. */
+  inVmm?: LatencyHistogram;
+  /** KVM's own binary statistics (KVM_GET_STATS_FD), read when the run ended. */
+  kvm?: { vm: StatValues; vcpus: StatValues[]; vmStats: KvmStats; vcpuStats: KvmStats[] };
+}
+
+interface VcpuSlot {
+  fd: VcpuFd;
+  control: SharedArrayBuffer;
+  ctl: Int32Array;
+  worker?: Worker;
+  tid?: number;
+  outcome?: VcpuOutcome;
+  stats?: ExitStatsSnapshot;
+}
+
+let signalHandlerInstalled = false;
+/** KVM_RUN only returns EINTR for a signal with a handler; the handler itself has nothing to do. */
+function installKickHandler(): void {
+  if (signalHandlerInstalled) return;
+  process.on('SIGUSR2', () => {});
+  signalHandlerInstalled = true;
+}
+
+/** A kvmtalk virtual machine. */
+export class Vm extends EventEmitter {
+  readonly memory: GuestMemory;
+  readonly vcpuCount: number;
+  /** Whether VMCALL reaches this VMM (KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL), as a second hypercall transport. */
+  readonly vmcallTransport: boolean;
+  private readonly slots: VcpuSlot[];
+  private readonly serialInput = new SerialInput();
+  private readonly benchMarkBuffer = new SharedArrayBuffer(8 * 16);
+  private readonly mainHandlers = new Map<number, HypercallHandler>();
+  private readonly modules: string[] = [];
+  private readonly pendingModules = new Map<number, { left: number; errors: string[]; done: (errors: string[]) => void }>();
+  private nextModuleId = 1;
+  private loaded?: { longMode: boolean };
+  private running?: Promise<VmResult>;
+  private result?: VmResult;
+  private runStats?: RunStats;
+  private closed = false;
+  private readonly log: (line: string) => void;
+  /** Wall-clock ms (timeOrigin-based) when {@link Vm.create} began. */
+  readonly createdAt: number;
+
+  private constructor(
+    private readonly kvm: Kvm,
+    private readonly vmFd: VmFd,
+    memory: GuestMemory,
+    vcpus: VcpuFd[],
+    private readonly options: Required<Pick<VmOptions, 'console' | 'timing' | 'stackSize' | 'benchIterations'>>,
+    log: (line: string) => void,
+    createdAt: number,
+  ) {
+    super();
+    this.memory = memory;
+    this.vcpuCount = vcpus.length;
+    this.createdAt = createdAt;
+    this.log = log;
+    this.slots = vcpus.map((fd) => {
+      const control = new SharedArrayBuffer(CTL_BYTES);
+      return { fd, control, ctl: new Int32Array(control) };
+    });
+    this.vmcallTransport = vmFd.canInterceptVmcall();
+    if (this.vmcallTransport) vmFd.interceptVmcall();
+  }
+
+  /**
+   * Creates a VM: opens KVM, allocates RAM, creates the vCPUs with KVM's supported CPUID.
+   * @throws KvmUnavailableError when /dev/kvm cannot be used; RangeError for bad options.
+   */
+  static create(opts: VmOptions = {}): Vm {
+    const createdAt = performance.timeOrigin + performance.now();
+    const size = typeof opts.memory === 'string' ? parseSize(opts.memory) : (opts.memory ?? 64 * 2 ** 20);
+    const vcpuCount = opts.vcpus ?? 1;
+    if (!Number.isInteger(vcpuCount) || vcpuCount < 1 || vcpuCount > MAX_VCPUS) throw new RangeError(`vCPU count must be 1–${MAX_VCPUS}, got ${vcpuCount}`);
+    const kvm = Kvm.open(opts.kvmPath);
+    const cleanup: (() => void)[] = [() => kvm.close()];
+    try {
+      if (!kvm.checkExtension(CAP.SYNC_REGS)) throw new Error('this KVM lacks KVM_CAP_SYNC_REGS, which kvmtalk needs');
+      if (vcpuCount > kvm.maxVcpus()) throw new RangeError(`this KVM allows at most ${kvm.maxVcpus()} vCPUs`);
+      const vmFd = kvm.createVm();
+      cleanup.push(() => vmFd.close());
+      if (kvm.checkExtension(CAP.SET_TSS_ADDR)) vmFd.setTssAddr(0xfffbd000);
+      const memory = GuestMemory.create(size);
+      cleanup.push(() => memory.close());
+      memory.registerWith(vmFd);
+      const cpuid = kvm.supportedCpuid();
+      const runSize = kvm.vcpuMmapSize();
+      const vcpus: VcpuFd[] = [];
+      cleanup.push(() => vcpus.forEach((v) => v.close()));
+      for (let i = 0; i < vcpuCount; i++) {
+        const v = vmFd.createVcpu(i, runSize);
+        vcpus.push(v);
+        v.setCpuid(cpuidForVcpu(cpuid, i));
+      }
+      return new Vm(kvm, vmFd, memory, vcpus, {
+        console: opts.console ?? 'stdout', timing: opts.timing ?? false, stackSize: opts.stackSize ?? 256 * 1024,
+        benchIterations: opts.benchIterations ?? 0,
+      }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt);
+    } catch (e) {
+      for (const f of cleanup.reverse()) f();
+      throw e;
+    }
+  }
+
+  /**
+   * Copies `image` into guest RAM and sets every vCPU's registers for `opts.mode`.
+   * @throws ImageError when the image does not fit in RAM or overlaps the VMM's own structures.
+   */
+  load(image: ElfImage, opts: LoadOptions = {}): void {
+    if (this.running) throw new Error('load() must come before run()');
+    const mode = opts.mode ?? 'long';
+    const ram = BigInt(this.memory.size);
+    const reserved: ReservedRange[] = [];
+    if (mode === 'long') {
+      const stackBytes = BigInt(this.vcpuCount * this.options.stackSize);
+      if (ram < BigInt(IMAGE_BASE) + stackBytes + 0x100000n) {
+        throw new ImageError(`guest RAM of ${this.memory.size / 2 ** 20} MiB is too small for long mode with ${this.vcpuCount} vCPU stack(s); use at least ${Math.ceil(Number(BigInt(IMAGE_BASE) + stackBytes + 0x100000n) / 2 ** 20)} MiB`);
+      }
+      reserved.push({ start: 0n, end: BigInt(SYSTEM_END), name: 'the VMM system area (GDT, IDT, TSS, page tables)' });
+      reserved.push({ start: ram - stackBytes, end: ram, name: 'the vCPU stacks' });
+    }
+    placeImage(image, ram, reserved);
+    for (const seg of image.segments) {
+      this.memory.write(seg.gpa, seg.data);
+      this.memory.fill(seg.gpa + BigInt(seg.data.length), Number(seg.memSize) - seg.data.length);
+    }
+    const cr3 = mode === 'long' ? buildLongModeSystem(this.memory, this.vcpuCount) : 0n;
+    this.slots.forEach(({ fd }, cpu) => {
+      const base = fd.getSregs();
+      let regs: Regs;
+      if (mode === 'long') {
+        fd.setSregs(longModeSregs(base, cpu, opts.cpl ?? 3, cr3));
+        regs = longModeRegs(cpu, { vcpus: this.vcpuCount, cpl: opts.cpl ?? 3, entry: image.entry, stackSize: this.options.stackSize }, this.memory.size);
+      } else {
+        const rm = realModeState(base, image.entry);
+        fd.setSregs(rm.sregs);
+        regs = { ...zeroRegs(), rip: rm.rip };
+      }
+      fd.setRegs({ ...regs, ...opts.regs });
+    });
+    this.loaded = { longMode: mode === 'long' };
+  }
+
+  /**
+   * Registers a hypercall handler that runs on the main thread (it may be async and may use
+   * closures). The calling vCPU waits for it, so each call costs a thread round trip on top of the
+   * exit; for hot paths use {@link loadHypercallModule}, whose handlers run on the vCPU threads.
+   */
+  handleHypercall(nr: number, handler: (call: HypercallCall) => bigint | number | void | Promise<bigint | number | void>): void {
+    if (!Number.isSafeInteger(nr) || nr <= 0 || isKvmReserved(nr)) throw new RangeError(`hypercall number ${nr} is reserved or invalid`);
+    this.mainHandlers.set(nr, handler as HypercallHandler);
+    this.broadcast({ type: 'remote-hypercall', nr });
+  }
+
+  /**
+   * Loads a hypercall handler module (see `HypercallModule`) into every vCPU thread: its handlers
+   * run synchronously on the exit path. Works before and during {@link run}; resolves once every
+   * running vCPU has it.
+   * @param url a `file:` URL or absolute path of an ES module
+   */
+  async loadHypercallModule(url: string | URL): Promise<void> {
+    const href = typeof url === 'string' && !url.startsWith('file:') ? new URL(`file://${url}`).href : url.toString();
+    this.modules.push(href);
+    const live = this.slots.filter((s) => s.worker && !s.outcome);
+    if (live.length === 0) return;
+    const id = this.nextModuleId++;
+    const errors = await new Promise<string[]>((done) => {
+      this.pendingModules.set(id, { left: live.length, errors: [], done });
+      this.broadcast({ type: 'load-module', id, url: href });
+    });
+    if (errors.length) throw new Error(`hypercall module ${href}: ${errors[0]}`);
+  }
+
+  /** Types bytes into the guest's serial port (COM1 receive). Returns how many fit. */
+  sendSerialInput(bytes: Uint8Array): number {
+    return this.serialInput.push(bytes);
+  }
+
+  /** Timestamps (epoch ms) recorded by KT_HC_BENCH_MARK, by mark id. */
+  benchMarks(): Float64Array {
+    return new Float64Array(this.benchMarkBuffer);
+  }
+
+  /** Starts every vCPU and resolves when the VM has ended. Calling it again returns the same run. */
+  run(): Promise<VmResult> {
+    if (!this.loaded) return Promise.reject(new Error('load() an image before run()'));
+    this.running ??= new Promise<VmResult>((resolve) => {
+      installKickHandler();
+      let remaining = this.slots.length;
+      this.slots.forEach((slot, cpu) => {
+        const data: VcpuWorkerData = {
+          cpu, vcpuFd: slot.fd.fd, runSize: slot.fd.runSize, regions: [...this.memory.regions], control: slot.control,
+          serialInput: this.serialInput.buffer, benchMarks: this.benchMarkBuffer, benchIterations: this.options.benchIterations,
+          console: this.options.console === 'stdout' ? 'stdout' : ('main' satisfies ConsoleMode), timing: this.options.timing,
+          longMode: this.loaded!.longMode, modules: [...this.modules], remoteHypercalls: [...this.mainHandlers.keys()],
+          vmcallTransport: this.vmcallTransport,
+        };
+        const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
+        slot.worker = worker;
+        const settle = (outcome: VcpuOutcome) => {
+          if (slot.outcome) return;
+          slot.outcome = outcome;
+          this.onVcpuEnd(outcome, cpu);
+          if (--remaining === 0) {
+            this.finishRun();
+            resolve(this.result!);
+          }
+        };
+        worker.on('message', (msg: FromWorker) => {
+          if (msg.type !== 'done') return this.onMessage(slot, msg);
+          slot.stats = msg.stats;
+          settle(msg.outcome);
+        });
+        worker.on('error', (e) => settle({ kind: 'failed', message: `vCPU ${cpu} thread error: ${e.message}` }));
+        worker.on('exit', () => settle({ kind: 'failed', message: `vCPU ${cpu} thread exited unexpectedly` }));
+      });
+    });
+    return this.running;
+  }
+
+  /** Stops all vCPUs; {@link run}'s promise then resolves (with kind `stopped` unless the guest ended first). */
+  stop(): void {
+    this.result ??= { kind: 'stopped', status: STOPPED_STATUS };
+    for (const slot of this.slots) this.kick(slot, true);
+  }
+
+  /** Exit statistics, once {@link run} has resolved. */
+  stats(): RunStats | undefined {
+    return this.runStats;
+  }
+
+  /** Releases vCPUs, RAM and the VM. The VM must not be running. */
+  close(): void {
+    if (this.closed) return;
+    if (this.running && !this.runStats) throw new Error('close() while the VM is running: stop() and await run() first');
+    this.closed = true;
+    this.runStats?.kvm?.vmStats.close();
+    this.runStats?.kvm?.vcpuStats.forEach((s) => s.close());
+    for (const slot of this.slots) slot.fd.close();
+    this.memory.close();
+    this.vmFd.close();
+    this.kvm.close();
+  }
+
+  private onMessage(slot: VcpuSlot, msg: FromWorker): void {
+    switch (msg.type) {
+      case 'ready':
+        slot.tid = msg.tid;
+        if (Atomics.load(slot.ctl, CTL.STOP)) this.kick(slot, true);
+        break;
+      case 'console':
+        this.emit('console', msg.bytes);
+        break;
+      case 'event':
+        this.onGuestEvent(msg.cpu, msg.event, msg.payload);
+        break;
+      case 'call':
+        void this.answerCall(slot, msg.cpu, msg.nr, msg.args);
+        break;
+      case 'module-loaded': {
+        const p = this.pendingModules.get(msg.id);
+        if (!p) break;
+        if (msg.error) p.errors.push(msg.error);
+        if (--p.left === 0) {
+          this.pendingModules.delete(msg.id);
+          p.done(p.errors);
+        }
+        break;
+      }
+    }
+  }
+
+  private onGuestEvent(cpu: number, event: string, payload: unknown): void {
+    const p = payload as { value?: bigint; text?: string };
+    if (event === 'hello') this.log(`vCPU ${cpu}: Hello World`);
+    else if (event === 'value') this.log(`vCPU ${cpu}: received value ${p.value} (0x${p.value!.toString(16)})`);
+    else if (event === 'log') this.log(`vCPU ${cpu}: guest log: ${p.text}`);
+    this.emit(event, payload);
+  }
+
+  private async answerCall(slot: VcpuSlot, cpu: number, nr: bigint, args: bigint[]): Promise<void> {
+    const regs = new BigUint64Array(REG_NAMES.length);
+    regs[REG.rax] = nr;
+    [REG.rbx, REG.rcx, REG.rdx, REG.rsi].forEach((r, i) => (regs[r] = args[i]));
+    const call = new HypercallCall(regs, this.memory, cpu, (event, payload) => this.onGuestEvent(cpu, event, payload));
+    let result: bigint;
+    try {
+      const handler = this.mainHandlers.get(Number(nr));
+      const r = handler ? await handler(call) : -KT_ERR.ENOSYS;
+      result = r === undefined ? 0n : BigInt(r);
+    } catch (e) {
+      result = BigInt(e instanceof Error && e.name === 'GuestMemoryError' ? -KT_ERR.EFAULT : -KT_ERR.EINVAL);
+      if (result === BigInt(-KT_ERR.EINVAL)) this.log(`hypercall ${nr} handler threw: ${(e as Error).message} (guest gets -EINVAL)`);
+    }
+    this.answer(slot, result);
+  }
+
+  private answer(slot: VcpuSlot, result: bigint): void {
+    new BigInt64Array(slot.control, CTL_CALL_RESULT_OFFSET, 1)[0] = BigInt.asIntN(64, result);
+    Atomics.store(slot.ctl, CTL.CALL_STATE, CALL_ANSWERED);
+    Atomics.notify(slot.ctl, CTL.CALL_STATE);
+  }
+
+  /** Gets a vCPU out of KVM_RUN: immediate_exit covers "about to enter", the signal covers "inside". */
+  private kick(slot: VcpuSlot, stop: boolean): void {
+    if (slot.outcome) return;
+    if (stop) {
+      Atomics.store(slot.ctl, CTL.STOP, 1);
+      if (Atomics.load(slot.ctl, CTL.CALL_STATE) !== 0) this.answer(slot, BigInt(-KT_ERR.EINVAL));
+    }
+    slot.fd.run.immediateExit = true;
+    if (slot.tid) {
+      try {
+        sys.tgkill(slot.tid, sys.SIGUSR2);
+      } catch {
+        // The thread already left: nothing to interrupt.
+      }
+    }
+  }
+
+  private broadcast(msg: ToWorker): void {
+    for (const slot of this.slots) {
+      if (!slot.worker || slot.outcome) continue;
+      slot.worker.postMessage(msg);
+      Atomics.add(slot.ctl, CTL.MAILBOX, 1);
+      this.kick(slot, false);
+    }
+  }
+
+  private onVcpuEnd(outcome: VcpuOutcome, cpu: number): void {
+    if (this.result && this.result.kind !== 'stopped') return;
+    switch (outcome.kind) {
+      case 'exit':
+        this.result = { kind: 'exit', status: outcome.status, cpu };
+        break;
+      case 'crash':
+        this.result = { kind: 'crash', status: CRASH_STATUS, report: outcome.report };
+        break;
+      case 'failed':
+        this.result = { kind: 'failed', status: FAILED_STATUS, message: outcome.message };
+        break;
+      case 'halt':
+        this.result = { kind: 'halt', status: 0, cpu, rip: outcome.rip };
+        break;
+      case 'park':
+        if (this.slots.every((s) => s.outcome?.kind === 'park')) this.result = { kind: 'parked', status: 0 };
+        return;
+      case 'stopped':
+        return;
+    }
+    for (const slot of this.slots) this.kick(slot, true);
+  }
+
+  private finishRun(): void {
+    for (const slot of this.slots) void slot.worker?.terminate();
+    this.result ??= { kind: 'stopped', status: STOPPED_STATUS };
+    const exits = new Array<number>(64).fill(0);
+    let inKvm: LatencyHistogram | undefined;
+    let inVmm: LatencyHistogram | undefined;
+    for (const { stats } of this.slots) {
+      if (!stats) continue;
+      stats.counts.forEach((c, i) => (exits[i] += c));
+      if (stats.inKvm) (inKvm ??= new LatencyHistogram()).merge(new LatencyHistogram(stats.inKvm));
+      if (stats.inVmm) (inVmm ??= new LatencyHistogram()).merge(new LatencyHistogram(stats.inVmm));
+    }
+    this.runStats = { exits, inKvm, inVmm, kvm: this.readKvmStats() };
+  }
+
+  private readKvmStats(): RunStats['kvm'] {
+    try {
+      const vmStats = KvmStats.fromFd(this.vmFd.statsFd());
+      const vcpuStats = this.slots.map((s) => KvmStats.fromFd(s.fd.statsFd()));
+      return { vm: vmStats.read(), vcpus: vcpuStats.map((s) => s.read()), vmStats, vcpuStats };
+    } catch {
+      return undefined; // KVM_GET_STATS_FD needs Linux 5.14+
+    }
+  }
+}

@@ -1,0 +1,68 @@
+/**
+ * Messages and shared control words between the main thread (`Vm`) and vCPU worker threads.
+ *
+ * A vCPU thread spends its life inside a synchronous KVM_RUN loop, so it cannot receive messages
+ * whenever the main thread sends them. The main thread writes a control word in a
+ * SharedArrayBuffer and kicks the vCPU out of KVM_RUN (immediate_exit + signal); the worker then
+ * drains its MessagePort synchronously.
+ */
+import type { MemoryRegion } from '../memory/guest-memory.js';
+import type { ExitStatsSnapshot } from './exit-stats.js';
+import type { VcpuOutcome } from './outcome.js';
+
+/** Int32 slots of a vCPU's control block. */
+export const CTL = {
+  /** Kernel thread id of the vCPU thread, written once at start. */
+  TID: 0,
+  /** Set to 1 by the main thread to stop the vCPU. */
+  STOP: 1,
+  /** Bumped by the main thread when it has posted messages for the worker. */
+  MAILBOX: 2,
+  /** Main-thread hypercall: 0 idle, 1 waiting for the main thread, 2 answered. */
+  CALL_STATE: 3,
+} as const;
+/** Byte offset of the BigInt64 result of a main-thread hypercall in the control block. */
+export const CTL_CALL_RESULT_OFFSET = 16;
+export const CTL_BYTES = 32;
+export const CALL_IDLE = 0;
+export const CALL_WAITING = 1;
+export const CALL_ANSWERED = 2;
+
+/** Where serial and console output goes. */
+export type ConsoleMode = 'stdout' | 'main';
+
+/** `workerData` of a vCPU thread. */
+export interface VcpuWorkerData {
+  cpu: number;
+  vcpuFd: number;
+  runSize: number;
+  regions: MemoryRegion[];
+  control: SharedArrayBuffer;
+  serialInput: SharedArrayBuffer;
+  benchMarks: SharedArrayBuffer;
+  benchIterations: number;
+  console: ConsoleMode;
+  timing: boolean;
+  /** Long mode (exception stubs present) or real mode. */
+  longMode: boolean;
+  /** Hypercall handler modules to load before the first KVM_RUN. */
+  modules: string[];
+  /** Hypercall numbers answered on the main thread. */
+  remoteHypercalls: number[];
+  /** Route VMCALL exits (KVM_EXIT_XEN) to the hypercall table. */
+  vmcallTransport: boolean;
+}
+
+/** Worker → main. */
+export type FromWorker =
+  | { type: 'ready'; cpu: number; tid: number }
+  | { type: 'event'; cpu: number; event: string; payload: unknown }
+  | { type: 'console'; bytes: Uint8Array }
+  | { type: 'call'; cpu: number; nr: bigint; args: bigint[] }
+  | { type: 'module-loaded'; id: number; error?: string }
+  | { type: 'done'; cpu: number; outcome: VcpuOutcome; stats: ExitStatsSnapshot };
+
+/** Main → worker (read when CTL.MAILBOX changes). */
+export type ToWorker =
+  | { type: 'load-module'; id: number; url: string }
+  | { type: 'remote-hypercall'; nr: number };
