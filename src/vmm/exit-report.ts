@@ -19,24 +19,49 @@ function syncedRegs(regs: BigUint64Array): Regs {
   return out;
 }
 
-/** Reads up to 15 bytes at `rip` (a virtual address) and disassembles the first instruction. */
-function faultingInstruction(vcpu: VcpuFd, mem: GuestMemory, sregs: Sregs, rip: bigint): CrashReport['instruction'] {
-  const mode = modeOf(sregs);
+/** Up to `len` guest bytes at virtual address `va`, clipped to RAM; empty when unmapped. */
+function codeBytes(vcpu: VcpuFd, mem: GuestMemory, sregs: Sregs, va: bigint, len: number): Uint8Array {
   let gpa: bigint;
   if (sregs.cr0 & 0x80000000n) {
-    const t = vcpu.translate(rip);
-    if (!t.valid) return undefined;
+    const t = vcpu.translate(va);
+    if (!t.valid) return new Uint8Array();
     gpa = t.gpa;
   } else {
-    gpa = (sregs.cs.base + rip) & 0xffffffffn;
+    gpa = (sregs.cs.base + va) & 0xffffffffn;
   }
-  let len = 15;
   while (len > 0 && !mem.contains(gpa, len)) len--;
-  if (len === 0) return undefined;
-  const [insn] = disassemble(mem.read(gpa, len), rip, mode === '64-bit' ? 64 : mode === '32-bit' ? 32 : 16);
-  if (!insn) return undefined;
-  return { address: rip, bytes: Array.from(insn.bytes, (b) => b.toString(16).padStart(2, '0')).join(' '), text: insn.text };
+  return len > 0 ? mem.read(gpa, len) : new Uint8Array();
 }
+
+const bitsOf = (mode: Mode) => (mode === '64-bit' ? 64 : mode === '32-bit' ? 32 : 16);
+
+function asInstruction(insn: { ip: bigint; bytes: Uint8Array; text: string }): CrashReport['instruction'] {
+  return { address: insn.ip, bytes: Array.from(insn.bytes, (b) => b.toString(16).padStart(2, '0')).join(' '), text: insn.text };
+}
+
+/** Disassembles the instruction at `rip`. */
+function instructionAt(vcpu: VcpuFd, mem: GuestMemory, sregs: Sregs, rip: bigint): CrashReport['instruction'] {
+  const [insn] = disassemble(codeBytes(vcpu, mem, sregs, rip, 15), rip, bitsOf(modeOf(sregs)));
+  return insn && asInstruction(insn);
+}
+
+/**
+ * Finds the instruction that ends at `rip`. KVM completes port and MMIO writes before exiting, so
+ * RIP already points past the access; x86 cannot be decoded backwards in general, so this takes the
+ * shortest valid decoding of the preceding bytes that `accept` recognises as the access.
+ */
+function instructionBefore(vcpu: VcpuFd, mem: GuestMemory, sregs: Sregs, rip: bigint, accept: (text: string) => boolean): CrashReport['instruction'] {
+  for (let k = 1; k <= 15 && BigInt(k) <= rip; k++) {
+    const bytes = codeBytes(vcpu, mem, sregs, rip - BigInt(k), k);
+    if (bytes.length !== k) continue;
+    const [insn] = disassemble(bytes, rip - BigInt(k), bitsOf(modeOf(sregs)));
+    if (insn && !insn.invalid && insn.bytes.length === k && accept(insn.text)) return asInstruction(insn);
+  }
+  return undefined;
+}
+
+/** Which instruction a report shows: the one at RIP, or the access that RIP has moved past. */
+export type FaultingInstruction = 'at-rip' | 'port-write' | 'mmio-write';
 
 function decodePageFault(err: number, cr2: bigint): string {
   const what = err & 1 ? 'protection violation' : 'not-present page';
@@ -49,6 +74,7 @@ function decodePageFault(err: number, cr2: bigint): string {
 export function crashReport(
   vcpu: VcpuFd, mem: GuestMemory, syncRegs: BigUint64Array,
   base: Pick<CrashReport, 'cpu' | 'kind' | 'exitReason' | 'summary' | 'details'>,
+  which: FaultingInstruction = 'at-rip',
 ): CrashReport {
   let sregs: Sregs | undefined;
   try {
@@ -66,7 +92,9 @@ export function crashReport(
   };
   if (sregs) {
     try {
-      report.instruction = faultingInstruction(vcpu, mem, sregs, regs.rip);
+      report.instruction = which === 'at-rip' ? instructionAt(vcpu, mem, sregs, regs.rip)
+        : instructionBefore(vcpu, mem, sregs, regs.rip, which === 'port-write' ? (t) => t.startsWith('out') : (t) => t.includes('('));
+      if (which !== 'at-rip') report.details.push('RIP had already moved past the access; the instruction shown is the one ending at RIP');
     } catch {
       // Unreadable code is reported as such by the formatter.
     }

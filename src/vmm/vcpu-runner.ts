@@ -16,7 +16,7 @@ import type { VcpuFd } from '../kvm/vcpu-fd.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { HypercallCall, type HypercallTable } from '../hypercall/registry.js';
 import type { Bus } from './bus.js';
-import { crashReport, exceptionReport } from './exit-report.js';
+import { crashReport, exceptionReport, type FaultingInstruction } from './exit-report.js';
 import type { ExitStats } from './exit-stats.js';
 import type { CrashReport, VcpuOutcome } from './outcome.js';
 
@@ -190,7 +190,7 @@ export class VcpuRunner implements DeviceHost {
     const device = this.bus.pio(port);
     if (!device) {
       const what = out ? `write of 0x${this.ioValue(run.ioDataOffset, size).toString(16)} to` : 'read from';
-      return this.crash('unhandled-io', exitReasonName(EXIT.IO), `unhandled I/O: ${size}-byte ${what} port 0x${port.toString(16)}`, []);
+      return this.crash('unhandled-io', exitReasonName(EXIT.IO), `unhandled I/O: ${size}-byte ${what} port 0x${port.toString(16)}`, [], out ? 'port-write' : 'at-rip');
     }
     const base = run.ioDataOffset;
     if (out) {
@@ -223,7 +223,7 @@ export class VcpuRunner implements DeviceHost {
     if (!device) {
       const data = Array.from(run.mmioData.subarray(0, len)).reverse().map((b) => b.toString(16).padStart(2, '0')).join('');
       const what = run.mmioIsWrite ? `write of 0x${data} to` : 'read from';
-      return this.crash('unhandled-mmio', exitReasonName(EXIT.MMIO), `unhandled MMIO: ${len}-byte ${what} guest-physical 0x${addr.toString(16)} (no RAM or device there)`, []);
+      return this.crash('unhandled-mmio', exitReasonName(EXIT.MMIO), `unhandled MMIO: ${len}-byte ${what} guest-physical 0x${addr.toString(16)} (no RAM or device there)`, [], run.mmioIsWrite ? 'mmio-write' : 'at-rip');
     }
     const data = run.mmioData.subarray(0, len);
     if (run.mmioIsWrite) device.mmioWrite(addr, data, this);
@@ -240,7 +240,7 @@ export class VcpuRunner implements DeviceHost {
     this.crash('internal-error', exitReasonName(EXIT.INTERNAL_ERROR), `KVM internal error: ${INTERNAL_ERROR[sub] ?? `suberror ${sub}`}`, details);
   }
 
-  private crash(kind: CrashReport['kind'], exitReason: string, summary: string, details: string[]): void {
-    this.finish({ kind: 'crash', report: crashReport(this.vcpu, this.memory, this.regs, { cpu: this.cpu, kind, exitReason, summary, details }) });
+  private crash(kind: CrashReport['kind'], exitReason: string, summary: string, details: string[], which?: FaultingInstruction): void {
+    this.finish({ kind: 'crash', report: crashReport(this.vcpu, this.memory, this.regs, { cpu: this.cpu, kind, exitReason, summary, details }, which) });
   }
 }

@@ -2,7 +2,6 @@
  * Entry point of a vCPU worker thread: rebuilds the thread's view of the VM (vCPU fd, guest RAM,
  * devices, hypercall table) from `workerData`, then runs {@link VcpuRunner} until the vCPU ends.
  */
-import { writeSync } from 'node:fs';
 import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_threads';
 import { PORT } from '../arch/x86/layout.js';
 import { DebugExit } from '../devices/debug-exit.js';
@@ -27,16 +26,9 @@ const callResult = new BigInt64Array(data.control, CTL_CALL_RESULT_OFFSET, 1);
 const post = (msg: FromWorker) => port.postMessage(msg);
 const emit = (event: string, payload: unknown) => post({ type: 'event', cpu: data.cpu, event, payload });
 
-function writeStdout(bytes: Uint8Array): void {
-  for (let off = 0; off < bytes.length; ) {
-    try {
-      off += writeSync(1, bytes, off, bytes.length - off);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') return; // stdout closed: drop output, keep the VM
-    }
-  }
-}
-const consoleSink = data.console === 'stdout' ? writeStdout : (bytes: Uint8Array) => post({ type: 'console', bytes });
+// Console bytes travel on the same port as events, so the host sees guest output and hypercall
+// events in the order the guest produced them.
+const consoleSink = (bytes: Uint8Array) => post({ type: 'console', bytes });
 
 const memory = GuestMemory.attach(data.regions);
 const vcpu = new VcpuFd(data.vcpuFd, data.cpu, data.runSize);

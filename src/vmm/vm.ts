@@ -13,7 +13,8 @@ import { SerialInput } from '../devices/serial-input.js';
 import { HypercallCall, type HypercallHandler } from '../hypercall/registry.js';
 import { isKvmReserved, KT_ERR } from '../hypercall/abi.js';
 import { CAP } from '../kvm/ioctls.js';
-import { Kvm } from '../kvm/kvm.js';
+import { encodeCpuid, Kvm, type CpuidEntry } from '../kvm/kvm.js';
+import { encode, kvm_regs, kvm_sregs } from '../kvm/structs.js';
 import { REG, REG_NAMES, type RegName } from '../kvm/kvm-run.js';
 import { KvmStats, type StatValues } from '../kvm/stats.js';
 import * as sys from '../kvm/sys.js';
@@ -24,7 +25,7 @@ import { GuestMemory, parseSize } from '../memory/guest-memory.js';
 import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
 import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
 import {
-  CALL_ANSWERED, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type ConsoleMode, type FromWorker, type ToWorker, type VcpuWorkerData,
+  CALL_ANSWERED, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuWorkerData,
 } from './worker-protocol.js';
 
 /** Options of {@link Vm.create}. */
@@ -34,8 +35,8 @@ export interface VmOptions {
   /** Number of vCPUs (default 1). */
   vcpus?: number;
   /**
-   * Where guest console output goes: `'stdout'` writes it from the vCPU thread directly; `'capture'`
-   * emits `console` events on the main thread instead (default `'stdout'`).
+   * Guest console output (serial port and KT_HC_CONSOLE_WRITE) is emitted as `console` events
+   * (Uint8Array); with `'stdout'` (the default) it is also written to process.stdout.
    */
   console?: 'stdout' | 'capture';
   /** Record exit-latency histograms (costs two clock reads per exit). */
@@ -97,6 +98,7 @@ export class Vm extends EventEmitter {
   /** Whether VMCALL reaches this VMM (KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL), as a second hypercall transport. */
   readonly vmcallTransport: boolean;
   private readonly slots: VcpuSlot[];
+  private readonly cpuid: CpuidEntry[][];
   private readonly serialInput = new SerialInput();
   private readonly benchMarkBuffer = new SharedArrayBuffer(8 * 16);
   private readonly mainHandlers = new Map<number, HypercallHandler>();
@@ -117,6 +119,7 @@ export class Vm extends EventEmitter {
     private readonly vmFd: VmFd,
     memory: GuestMemory,
     vcpus: VcpuFd[],
+    cpuid: CpuidEntry[][],
     private readonly options: Required<Pick<VmOptions, 'console' | 'timing' | 'stackSize' | 'benchIterations'>>,
     log: (line: string) => void,
     createdAt: number,
@@ -124,6 +127,7 @@ export class Vm extends EventEmitter {
     super();
     this.memory = memory;
     this.vcpuCount = vcpus.length;
+    this.cpuid = cpuid;
     this.createdAt = createdAt;
     this.log = log;
     this.slots = vcpus.map((fd) => {
@@ -157,13 +161,15 @@ export class Vm extends EventEmitter {
       const cpuid = kvm.supportedCpuid();
       const runSize = kvm.vcpuMmapSize();
       const vcpus: VcpuFd[] = [];
+      const cpuids: CpuidEntry[][] = [];
       cleanup.push(() => vcpus.forEach((v) => v.close()));
       for (let i = 0; i < vcpuCount; i++) {
         const v = vmFd.createVcpu(i, runSize);
         vcpus.push(v);
-        v.setCpuid(cpuidForVcpu(cpuid, i));
+        cpuids.push(cpuidForVcpu(cpuid, i));
+        v.setCpuid(cpuids[i]);
       }
-      return new Vm(kvm, vmFd, memory, vcpus, {
+      return new Vm(kvm, vmFd, memory, vcpus, cpuids, {
         console: opts.console ?? 'stdout', timing: opts.timing ?? false, stackSize: opts.stackSize ?? 256 * 1024,
         benchIterations: opts.benchIterations ?? 0,
       }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt);
@@ -210,6 +216,22 @@ export class Vm extends EventEmitter {
       fd.setRegs({ ...regs, ...opts.regs });
     });
     this.loaded = { longMode: mode === 'long' };
+  }
+
+  /**
+   * The raw boot state after {@link load}: guest RAM and each vCPU's `kvm_regs`, `kvm_sregs` and
+   * `kvm_cpuid2`, for replaying the identical boot in another VMM (the C benchmark baseline does).
+   */
+  bootState(): { memory: Uint8Array; vcpus: { regs: Uint8Array; sregs: Uint8Array; cpuid: Uint8Array }[] } {
+    if (!this.loaded) throw new Error('load() an image before bootState()');
+    return {
+      memory: this.memory.bytes,
+      vcpus: this.slots.map(({ fd }, i) => ({
+        regs: encode(kvm_regs, fd.getRegs()),
+        sregs: encode(kvm_sregs, fd.getSregs()),
+        cpuid: encodeCpuid(this.cpuid[i]),
+      })),
+    };
   }
 
   /**
@@ -262,7 +284,7 @@ export class Vm extends EventEmitter {
         const data: VcpuWorkerData = {
           cpu, vcpuFd: slot.fd.fd, runSize: slot.fd.runSize, regions: [...this.memory.regions], control: slot.control,
           serialInput: this.serialInput.buffer, benchMarks: this.benchMarkBuffer, benchIterations: this.options.benchIterations,
-          console: this.options.console === 'stdout' ? 'stdout' : ('main' satisfies ConsoleMode), timing: this.options.timing,
+          timing: this.options.timing,
           longMode: this.loaded!.longMode, modules: [...this.modules], remoteHypercalls: [...this.mainHandlers.keys()],
           vmcallTransport: this.vmcallTransport,
         };
@@ -320,6 +342,7 @@ export class Vm extends EventEmitter {
         if (Atomics.load(slot.ctl, CTL.STOP)) this.kick(slot, true);
         break;
       case 'console':
+        if (this.options.console === 'stdout') process.stdout.write(msg.bytes);
         this.emit('console', msg.bytes);
         break;
       case 'event':

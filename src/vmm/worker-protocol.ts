@@ -28,9 +28,6 @@ export const CALL_IDLE = 0;
 export const CALL_WAITING = 1;
 export const CALL_ANSWERED = 2;
 
-/** Where serial and console output goes. */
-export type ConsoleMode = 'stdout' | 'main';
-
 /** `workerData` of a vCPU thread. */
 export interface VcpuWorkerData {
   cpu: number;
@@ -41,7 +38,6 @@ export interface VcpuWorkerData {
   serialInput: SharedArrayBuffer;
   benchMarks: SharedArrayBuffer;
   benchIterations: number;
-  console: ConsoleMode;
   timing: boolean;
   /** Long mode (exception stubs present) or real mode. */
   longMode: boolean;

@@ -1,0 +1,53 @@
+/** Parsers for CLI option values; each throws UsageError with a message naming the option. */
+import { REG, type RegName } from '../kvm/kvm-run.js';
+import { parseSize } from '../memory/guest-memory.js';
+import { UsageError } from './errors.js';
+
+/** `0x1000`, `4096`, `0b101` → BigInt. */
+export function parseAddress(text: string, option: string): bigint {
+  try {
+    if (!/^(0x[0-9a-f]+|0b[01]+|0o[0-7]+|\d+)$/i.test(text.trim())) throw new Error();
+    const v = BigInt(text.trim());
+    if (v >= 1n << 64n) throw new Error();
+    return v;
+  } catch {
+    throw new UsageError(`${option}: '${text}' is not a 64-bit number (use decimal or 0x hex)`);
+  }
+}
+
+/** `rax=2` pairs → register overrides. */
+export function parseRegAssignments(items: string[] = []): Partial<Record<RegName, bigint>> {
+  const regs: Partial<Record<RegName, bigint>> = {};
+  for (const item of items) {
+    const m = /^([a-z0-9]+)=(.+)$/i.exec(item);
+    if (!m) throw new UsageError(`--set-reg: '${item}' is not of the form reg=value`);
+    const name = m[1].toLowerCase();
+    if (!(name in REG)) throw new UsageError(`--set-reg: unknown register '${m[1]}' (one of ${Object.keys(REG).join(', ')})`);
+    regs[name as RegName] = parseAddress(m[2], `--set-reg ${name}`);
+  }
+  return regs;
+}
+
+/** A positive integer option. */
+export function parseCount(text: string, option: string, max = Number.MAX_SAFE_INTEGER): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1 || n > max) throw new UsageError(`${option}: '${text}' is not a whole number from 1 to ${max}`);
+  return n;
+}
+
+/** A memory size such as 64M. */
+export function parseMemory(text: string): number {
+  try {
+    const n = parseSize(text);
+    if (n < 4096 || n % 4096) throw new Error();
+    return n;
+  } catch {
+    throw new UsageError(`--mem: '${text}' is not a size that is a multiple of 4 KiB (e.g. 64M, 1G)`);
+  }
+}
+
+/** One of a fixed set of words. */
+export function parseChoice<T extends string>(text: string, option: string, choices: readonly T[]): T {
+  if (!(choices as readonly string[]).includes(text)) throw new UsageError(`${option}: '${text}' is not one of ${choices.join(', ')}`);
+  return text as T;
+}
