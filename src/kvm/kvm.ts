@@ -45,10 +45,10 @@ export class Kvm {
   private constructor(readonly fd: number) {}
 
   /**
-   * Opens /dev/kvm and checks the API version.
+   * Opens /dev/kvm (or `$KVMTALK_KVM`) and checks the API version.
    * @throws {@link KvmUnavailableError} with a readable reason when KVM cannot be used.
    */
-  static open(path = '/dev/kvm'): Kvm {
+  static open(path = process.env.KVMTALK_KVM || '/dev/kvm'): Kvm {
     let fd: number;
     try {
       fd = sys.open(path, sys.O_RDWR);

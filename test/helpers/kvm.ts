@@ -2,7 +2,7 @@
  * Shared helpers for integration tests that need a real /dev/kvm: skip with a printed reason when
  * KVM is unusable, and boot a built guest with captured console output.
  */
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
 import type { TestContext } from 'node:test';
@@ -50,7 +50,11 @@ const fixtures = new Map<string, string>();
 export function fixtureGuest(name: string): string {
   let out = fixtures.get(name);
   if (out) return out;
-  fixtureDir ??= mkdtempSync(join(os.tmpdir(), 'kvmtalk-test-'));
+  if (!fixtureDir) {
+    const dir = mkdtempSync(join(os.tmpdir(), 'kvmtalk-test-'));
+    process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+    fixtureDir = dir;
+  }
   out = join(fixtureDir, `${name}.elf`);
   compileGuest({ sources: [join(dirname(sdkRoot()), 'test', 'fixtures', 'guests', `${name}.c`)], output: out });
   fixtures.set(name, out);

@@ -1,0 +1,21 @@
+/**
+ * kvmtalk's public API. The layers follow rust-vmm's kvm-ioctls (Kvm → VmFd → VcpuFd) under a
+ * `Vm` that owns memory, devices and vCPU threads.
+ */
+export { Vm, type LoadOptions, type RunStats, type VmOptions } from './vmm/vm.js';
+export { formatCrashReport, crashReportJson, CRASH_STATUS, STOPPED_STATUS, type CrashReport, type VmResult } from './vmm/outcome.js';
+export { HypercallCall, type HypercallHandler, type HypercallModule, type HypercallRegistrar } from './hypercall/registry.js';
+export { HC, HC_USER_BASE, KT_ERR } from './hypercall/abi.js';
+export { GuestMemory, GuestMemoryError, parseSize } from './memory/guest-memory.js';
+export { loadImageFile, type LoadedImage } from './loader/image.js';
+export { parseElf, ImageError, type ElfImage } from './loader/elf.js';
+export { rawImage } from './loader/raw.js';
+export { Kvm, KvmUnavailableError, type CpuidEntry } from './kvm/kvm.js';
+export { VmFd } from './kvm/vm-fd.js';
+export { VcpuFd, type Regs, type Sregs } from './kvm/vcpu-fd.js';
+export { KvmRun, REG } from './kvm/kvm-run.js';
+export { KvmStats, formatStats, statValue } from './kvm/stats.js';
+export { exitReasonName, EXIT } from './kvm/exit-reasons.js';
+export { disassemble } from './vmm/disassemble.js';
+export { compileGuest, buildSdk } from './sdk/toolchain.js';
+export type { PioDevice, MmioDevice, DeviceHost } from './devices/device.js';
