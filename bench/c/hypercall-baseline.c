@@ -25,7 +25,10 @@
  *   {"per_exit_ns": (mark2 - mark1) / iterations, "iterations": N,
  *    "create_to_first_hypercall_ns": start of main() -> first hypercall exit (mark 0),
  *    "create_to_mark1_ns": start of main() -> mark 1 (the second exit; what the TS side measures),
+ *    "cpu_per_exit_ns": this thread's CPU time from user call 0 to user call N-1, / (N-1),
  *    "rss_kb": VmRSS at the end, "exits": total exits, "guest_status": status}
+ * The CPU time leaves out time spent waiting for a CPU; the TS side measures the same interval
+ * (src/bench/hypercall-handler.ts).
  *
  * Build: gcc -O2 -Wall -Wextra -o hypercall-baseline hypercall-baseline.c
  */
@@ -76,12 +79,17 @@ static void die(const char *fmt, ...)
 	exit(2);
 }
 
-static uint64_t now_ns(void)
+static uint64_t clock_ns(clockid_t clock)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(clock, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t now_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
 }
 
 static int xioctl(int fd, unsigned long req, unsigned long arg, const char *name)
@@ -215,6 +223,7 @@ int main(int argc, char **argv)
 	uint64_t t_start = now_ns();
 	uint64_t t_first = 0;
 	uint64_t marks[MAX_MARKS] = { 0 };
+	uint64_t cpu_start = 0, cpu_end = 0;
 	unsigned long iterations;
 	char *end;
 	const char *dir;
@@ -316,6 +325,10 @@ int main(int argc, char **argv)
 			if (!t_first)
 				t_first = now_ns();
 			if (nr == HC_USER_BASE) {
+				if (a0 == 0)
+					cpu_start = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+				else if (a0 == iterations - 1)
+					cpu_end = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 				ret = (int64_t)(a0 + 1);
 			} else if (nr == HC_BENCH_MARK) {
 				if (a0 == 0) {
@@ -354,9 +367,11 @@ int main(int argc, char **argv)
 	if (!marks[1] || !marks[2])
 		die("the guest did not record marks 1 and 2 (exit status %d)", guest_status);
 	printf("{\"per_exit_ns\": %.1f, \"iterations\": %lu, \"create_to_first_hypercall_ns\": %llu, "
-	       "\"create_to_mark1_ns\": %llu, \"rss_kb\": %ld, \"exits\": %lu, \"guest_status\": %d}\n",
+	       "\"create_to_mark1_ns\": %llu, \"cpu_per_exit_ns\": %.1f, \"rss_kb\": %ld, \"exits\": %lu, "
+	       "\"guest_status\": %d}\n",
 	       iterations ? (double)(marks[2] - marks[1]) / (double)iterations : 0.0, iterations,
 	       (unsigned long long)(t_first - t_start), (unsigned long long)(marks[1] - t_start),
+	       iterations >= 2 && cpu_end ? (double)(cpu_end - cpu_start) / (double)(iterations - 1) : 0.0,
 	       rss_kb(), exits, guest_status);
 
 	munmap(run, (size_t)run_size);

@@ -3,7 +3,7 @@
  * can fix (no /dev/kvm, a bad image, a bad option) end as one line on stderr and exit status 1.
  */
 import { Command, CommanderError } from 'commander';
-// BENCH_IMPORT
+import { registerBench } from './commands/bench.js';
 import { registerCc, registerSdk } from './commands/cc.js';
 import { registerDemo } from './commands/demo.js';
 import { registerInfo } from './commands/info.js';
@@ -21,7 +21,7 @@ registerDemo(program);
 registerInfo(program);
 registerCc(program);
 registerSdk(program);
-// BENCH_REGISTER
+registerBench(program);
 
 try {
   await program.parseAsync(process.argv);

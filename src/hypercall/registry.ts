@@ -8,6 +8,8 @@ import { isKvmReserved, KT_ERR } from './abi.js';
 
 /** What a handler sees of one hypercall. Argument registers are read lazily from the synced regs. */
 export class HypercallCall {
+  private readonly words: Uint32Array;
+
   /** @internal */
   constructor(
     private readonly regs: BigUint64Array,
@@ -17,7 +19,14 @@ export class HypercallCall {
     readonly cpu: number,
     /** Sends an event to the main thread, where `Vm` emits it (non-blocking). */
     readonly emit: (event: string, payload: unknown) => void,
-  ) {}
+  ) {
+    this.words = new Uint32Array(regs.buffer, regs.byteOffset, 2);
+  }
+
+  /** RAX as a table index without making a BigInt (this runs on every hypercall); -1 when ≥ 2^32. */
+  get nrIndex(): number {
+    return this.words[1] === 0 ? this.words[0] : -1;
+  }
 
   /** The hypercall number (RAX). */
   get nr(): bigint {
@@ -46,6 +55,9 @@ export class HypercallCall {
 }
 
 const ARG_REGS = [REG.rbx, REG.rcx, REG.rdx, REG.rsi] as const;
+const ENOSYS = BigInt(-KT_ERR.ENOSYS);
+const EFAULT = BigInt(-KT_ERR.EFAULT);
+const EINVAL = BigInt(-KT_ERR.EINVAL);
 
 /**
  * A hypercall handler. Its return value goes to the guest's RAX (negative numbers are errors,
@@ -89,16 +101,16 @@ export class HypercallTable implements HypercallRegistrar {
 
   /** Runs the handler for the call in `call`'s registers and returns the 64-bit RAX value. */
   dispatch(call: HypercallCall): bigint {
-    const nr = call.nr;
-    const handler = nr < 4096n ? this.small[Number(nr)] : this.large.get(nr);
-    if (!handler) return BigInt(-KT_ERR.ENOSYS);
+    const index = call.nrIndex;
+    const handler = index >= 0 && index < 4096 ? this.small[index] : this.large.get(call.nr);
+    if (!handler) return ENOSYS;
     try {
       const r = handler(call);
       return r === undefined ? 0n : typeof r === 'bigint' ? r : BigInt(r);
     } catch (e) {
-      if (e instanceof GuestMemoryError) return BigInt(-KT_ERR.EFAULT);
-      this.reportOnce(nr, e);
-      return BigInt(-KT_ERR.EINVAL);
+      if (e instanceof GuestMemoryError) return EFAULT;
+      this.reportOnce(call.nr, e);
+      return EINVAL;
     }
   }
 

@@ -82,7 +82,8 @@ export class KvmRun {
     return this.view.getUint32(OFF.ioCount, true);
   }
   get ioDataOffset(): number {
-    return Number(this.view.getBigUint64(OFF.ioDataOffset, true));
+    // Always within the mapping (a page offset), so the low word is the whole value.
+    return this.view.getUint32(OFF.ioDataOffset, true);
   }
 
   get mmioPhysAddr(): bigint {
@@ -107,11 +108,12 @@ export class KvmRun {
   set validRegs(v: bigint) {
     this.view.setBigUint64(OFF.validRegs, v, true);
   }
-  set dirtyRegs(v: bigint) {
-    this.view.setBigUint64(OFF.dirtyRegs, v, true);
+  /** `kvm_dirty_regs` (only the low word holds flags); set per exit, so no BigInt. */
+  set dirtyRegs(v: number) {
+    this.view.setUint32(OFF.dirtyRegs, v, true);
   }
-  get dirtyRegs(): bigint {
-    return this.view.getBigUint64(OFF.dirtyRegs, true);
+  get dirtyRegs(): number {
+    return this.view.getUint32(OFF.dirtyRegs, true);
   }
 
   unmap(): void {

@@ -1,7 +1,11 @@
 /** x86 disassembly for crash reports and tracing, via iced-x86 (WebAssembly), in GAS/AT&T syntax. */
-import iced from 'iced-x86';
+import { createRequire } from 'node:module';
+import type * as Iced from 'iced-x86';
 
-const { Decoder, DecoderOptions, Formatter, FormatterSyntax, Instruction } = iced;
+// Loaded on first use: the wasm module takes ~100 ms to compile, and every vCPU thread imports this
+// file for crash reports it will usually never write.
+let iced: typeof Iced | undefined;
+const loadIced = () => (iced ??= createRequire(import.meta.url)('iced-x86') as typeof Iced);
 
 /** One decoded instruction. */
 export interface DisassembledInstruction {
@@ -17,11 +21,12 @@ export interface DisassembledInstruction {
 
 // iced objects live in wasm memory the GC never frees; one formatter and one instruction buffer are
 // reused for the process lifetime, and each call's decoder is freed before returning.
-let formatter: InstanceType<typeof Formatter> | undefined;
-let scratch: InstanceType<typeof Instruction> | undefined;
+let formatter: Iced.Formatter | undefined;
+let scratch: Iced.Instruction | undefined;
 
-function getFormatter(): InstanceType<typeof Formatter> {
+function getFormatter(): Iced.Formatter {
   if (!formatter) {
+    const { Formatter, FormatterSyntax } = loadIced();
     formatter = new Formatter(FormatterSyntax.Gas);
     formatter.uppercaseHex = false;
     formatter.branchLeadingZeros = false;
@@ -41,6 +46,7 @@ export function disassemble(bytes: Uint8Array, ip: bigint, bitness: 16 | 32 | 64
   if (bitness !== 16 && bitness !== 32 && bitness !== 64) throw new RangeError(`bitness must be 16, 32 or 64, got ${String(bitness)}`);
   const out: DisassembledInstruction[] = [];
   if (bytes.length === 0 || maxInstructions <= 0) return out;
+  const { Decoder, DecoderOptions, Instruction } = loadIced();
   const fmt = getFormatter();
   const instr = (scratch ??= new Instruction());
   const decoder = new Decoder(bitness, bytes, DecoderOptions.None);

@@ -22,7 +22,6 @@ import type { CrashReport, VcpuOutcome } from './outcome.js';
 
 const EINTR = 4;
 const EAGAIN = 11;
-const SYNC_REGS_BIG = BigInt(SYNC_X86_REGS);
 
 const OFF_FAIL_REASON = offsetOf(kvm_run, 'exit.fail_entry.hardware_entry_failure_reason');
 const OFF_INTERNAL = offsetOf(kvm_run, 'exit.internal');
@@ -60,7 +59,7 @@ export class VcpuRunner implements DeviceHost {
   ) {
     this.run = vcpu.run;
     this.regs = this.run.regs;
-    this.run.validRegs = SYNC_REGS_BIG;
+    this.run.validRegs = BigInt(SYNC_X86_REGS);
     this.call = new HypercallCall(this.regs, memory, cpu, emit);
     bus.addPio(PORT.hypercall, 1, { name: 'hypercall-doorbell', pioRead: () => 0xff, pioWrite: () => this.hypercall() });
     if (longMode) {
@@ -89,11 +88,6 @@ export class VcpuRunner implements DeviceHost {
     this.outcome ??= outcome;
   }
 
-  /** Clears a kick that was only meant to deliver mail. */
-  resume(): void {
-    this.run.immediateExit = false;
-  }
-
   /**
    * Runs the guest until this vCPU ends (`done`, see {@link result}) or the main thread has mail.
    * Synchronous by design: KVM_RUN must block this thread, not the event loop of another.
@@ -103,11 +97,12 @@ export class VcpuRunner implements DeviceHost {
     const counts = stats.counts;
     const timing = stats.timing;
     let handled = 0;
+    // Control words are checked on entry and after each EINTR only. The main thread sets them
+    // before immediate_exit, and this thread clears immediate_exit before reading them, so a kick
+    // is either seen here or makes the next KVM_RUN return EINTR at once.
+    if (this.control.stopRequested()) this.finish({ kind: 'stopped' });
+    else if (this.control.mailboxPending()) return 'mailbox';
     while (this.outcome === undefined) {
-      if (this.control.stopRequested()) {
-        this.finish({ kind: 'stopped' });
-        break;
-      }
       const t0 = timing ? performance.now() : 0;
       if (timing && handled) stats.inVmm!.record((t0 - handled) * 1e6);
       const r = vcpu.runOnce();
@@ -117,9 +112,9 @@ export class VcpuRunner implements DeviceHost {
       }
       if (r < 0) {
         if (r === -EINTR || r === -EAGAIN) {
-          if (this.control.stopRequested()) continue;
-          if (this.control.mailboxPending()) return 'mailbox';
           run.immediateExit = false;
+          if (this.control.stopRequested()) this.finish({ kind: 'stopped' });
+          else if (this.control.mailboxPending()) return 'mailbox';
           continue;
         }
         this.crash('kvm-run-error', 'none', `KVM_RUN failed: ${errnoName(-r)}`, []);
@@ -169,7 +164,7 @@ export class VcpuRunner implements DeviceHost {
 
   private hypercall(): void {
     this.regs[REG.rax] = this.hypercalls.dispatch(this.call);
-    this.run.dirtyRegs = SYNC_REGS_BIG;
+    this.run.dirtyRegs = SYNC_X86_REGS;
   }
 
   private xen(): void {
@@ -184,9 +179,10 @@ export class VcpuRunner implements DeviceHost {
   private io(): void {
     const run = this.run;
     const port = run.ioPort;
+    const out = run.ioDirection === 1;
+    if (out && port === PORT.hypercall) return this.hypercall(); // the hot exit skips the bus
     const size = run.ioSize;
     const count = run.ioCount;
-    const out = run.ioDirection === 1;
     const device = this.bus.pio(port);
     if (!device) {
       const what = out ? `write of 0x${this.ioValue(run.ioDataOffset, size).toString(16)} to` : 'read from';

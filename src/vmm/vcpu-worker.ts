@@ -91,10 +91,7 @@ async function main(): Promise<void> {
   for (const url of data.modules) await loadModule(url);
   Atomics.store(ctl, CTL.TID, gettid());
   post({ type: 'ready', cpu: data.cpu, tid: gettid() });
-  while (runner.runUntilEvent() === 'mailbox') {
-    await drainMailbox();
-    runner.resume();
-  }
+  while (runner.runUntilEvent() === 'mailbox') await drainMailbox();
   serial.flush();
   post({ type: 'done', cpu: data.cpu, outcome: runner.result!, stats: stats.snapshot() });
 }

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { HypercallCall } from '../../src/hypercall/registry.js';
 import { Vm } from '../../src/vmm/vm.js';
 import { handlers, mixArgs } from '../fixtures/hypercall-handlers.js';
-import { bootGuest, requireKvm } from '../helpers/kvm.js';
+import { bootGuest, requireKvm, waitFor } from '../helpers/kvm.js';
 
 const handlerModule = new URL('../fixtures/hypercall-handlers.js', import.meta.url);
 
@@ -143,4 +143,27 @@ test('a handler module that registers KVM-reserved number 5 makes the run fail',
   assert.equal(r.result.kind, 'failed');
   if (r.result.kind === 'failed') assert.match(r.result.message, /hypercall number 5 is reserved/);
   assert.equal(r.console, '', 'the guest never ran');
+});
+
+test('stop() while the guest waits on a main-thread handler that never answers ends the run', async (t) => {
+  if (!requireKvm(t)) return;
+  let called = false;
+  let stoppedAt = 0;
+  const r = await bootGuest('fixtures', 'call-then-spin', {}, {}, {
+    setup: (vm) => vm.handleHypercall(256, (c) => {
+      called = c.a0 === 7n;
+      return new Promise<bigint>(() => {}); // never settles
+    }),
+    during: async (vm, run) => {
+      await waitFor(() => called, 10_000, 'the guest to call hypercall 256');
+      stoppedAt = performance.now();
+      vm.stop();
+      await run;
+    },
+  });
+  assert.ok(performance.now() - stoppedAt < 3000, 'stop() took too long');
+  assert.deepEqual(r.result, { kind: 'stopped', status: 143 });
+  // stop() answers the pending call with -EINVAL, then kicks the vCPU; the guest may still print
+  // that result before the kick lands, but it must never see any other value.
+  assert.match(r.console, /^calling 256\n(256 returned -22\n)?$/);
 });

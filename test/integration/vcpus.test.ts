@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { STOPPED_STATUS } from '../../src/vmm/outcome.js';
+import { STEP_MS } from '../fixtures/lingering-module.js';
 import { bootGuest, requireKvm, waitFor } from '../helpers/kvm.js';
 
 for (const vcpus of [2, 4]) {
@@ -74,4 +75,51 @@ test('stop() right after run() starts (before the vCPUs are ready) still ends th
     during: (vm) => vm.stop(),
   });
   assert.deepEqual(r.result, { kind: 'stopped', status: STOPPED_STATUS });
+});
+
+/** `p`, or a rejection after `ms`. */
+function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: no answer after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+test('a module load posted while the vCPU thread finishes the previous one is not lost', async (t) => {
+  if (!requireKvm(t)) return;
+  const r = await bootGuest('tests', 'spin', {}, {}, {
+    during: async (vm, _run, text) => {
+      await waitFor(() => text() === 'spinning\n', 10_000, 'the guest to print "spinning"');
+      // After answering this load, the vCPU thread stays busy in the module's microtasks for
+      // STEP_MS ms before it calls runner.resume() and re-enters KVM_RUN ...
+      await within(vm.loadHypercallModule(new URL('../fixtures/lingering-module.js', import.meta.url)), 5000, 'first module load');
+      // ... so this load's kick (immediate_exit = 1 + SIGUSR2) lands in that gap. It must not be
+      // forgotten: the spin guest makes no exits, so nothing else would get the vCPU out of KVM_RUN.
+      await new Promise((resolve) => setTimeout(resolve, STEP_MS / 3));
+      await within(vm.loadHypercallModule(new URL('../fixtures/hypercall-handlers.js', import.meta.url)), 5000, 'second module load (its kick was lost)');
+      vm.stop();
+    },
+  });
+  assert.deepEqual(r.result, { kind: 'stopped', status: STOPPED_STATUS });
+});
+
+test('a module load still pending when the VM is stopped settles instead of hanging', async (t) => {
+  if (!requireKvm(t)) return;
+  let pending: Promise<string> | undefined;
+  const r = await bootGuest('tests', 'spin', {}, {}, {
+    during: async (vm, run, text) => {
+      await waitFor(() => text() === 'spinning\n', 10_000, 'the guest to print "spinning"');
+      pending = vm.loadHypercallModule(new URL('../fixtures/hypercall-handlers.js', import.meta.url)).then(
+        () => 'resolved',
+        (e: Error) => `rejected: ${e.message}`,
+      );
+      vm.stop();
+      await run;
+    },
+  });
+  assert.deepEqual(r.result, { kind: 'stopped', status: STOPPED_STATUS });
+  // Either outcome is fine (loaded, or refused because the VM ended); never answering is not.
+  const outcome = await within(pending!, 2000, 'loadHypercallModule() issued just before stop()').catch((e: Error) => e.message);
+  assert.match(outcome, /^(resolved|rejected: )/);
 });

@@ -52,104 +52,61 @@ extern "C" {
 #define KT_EOPNOTSUPP 95
 #define KT_ENOSYS     1000
 
-/* ---- Hypercalls through the I/O-port doorbell ------------------------------------------ */
+/* ---- Hypercalls ---------------------------------------------------------------------- */
 /*
  * KVM's register convention: RAX = number in / result out, RBX, RCX, RDX, RSI = arguments.
- * The port is an immediate so no argument register is spent on it. "memory" because a
- * hypercall may read guest memory through a pointer argument (e.g. KT_HC_LOG) or act as a
- * synchronisation point with the host.
+ * "memory" because a hypercall may read guest memory through a pointer argument (e.g.
+ * KT_HC_LOG) or act as a synchronisation point with the host.
+ *
+ * kt_hypercallN uses the I/O-port doorbell `outb %al, $0xe0`: the port is an immediate, so no
+ * argument register is spent on it, and it reaches kvmtalk on every KVM host.
+ *
+ * kt_vmcallN uses VMCALL with the same registers. It only reaches kvmtalk where the host routes
+ * VMCALL to userspace (`kvmtalk info` shows vmcall_transport). Elsewhere KVM answers in the
+ * kernel (-KT_EPERM at CPL3, -KT_ENOSYS for unknown numbers at CPL0) or, on PVM hosts, raises
+ * #GP at CPL3 and never returns at CPL0. Prefer kt_hypercallN.
  */
+#define KT__HYPERCALLS(prefix, insn)                                                          \
+	static inline long prefix##0(unsigned long nr)                                        \
+	{                                                                                     \
+		long ret;                                                                     \
+		__asm__ volatile(insn : "=a"(ret) : "a"(nr) : "memory");                      \
+		return ret;                                                                   \
+	}                                                                                     \
+	static inline long prefix##1(unsigned long nr, unsigned long a0)                      \
+	{                                                                                     \
+		long ret;                                                                     \
+		__asm__ volatile(insn : "=a"(ret) : "a"(nr), "b"(a0) : "memory");             \
+		return ret;                                                                   \
+	}                                                                                     \
+	static inline long prefix##2(unsigned long nr, unsigned long a0, unsigned long a1)    \
+	{                                                                                     \
+		long ret;                                                                     \
+		__asm__ volatile(insn : "=a"(ret) : "a"(nr), "b"(a0), "c"(a1) : "memory");    \
+		return ret;                                                                   \
+	}                                                                                     \
+	static inline long prefix##3(unsigned long nr, unsigned long a0, unsigned long a1,    \
+				     unsigned long a2)                                        \
+	{                                                                                     \
+		long ret;                                                                     \
+		__asm__ volatile(insn : "=a"(ret) : "a"(nr), "b"(a0), "c"(a1), "d"(a2)        \
+				 : "memory");                                                 \
+		return ret;                                                                   \
+	}                                                                                     \
+	static inline long prefix##4(unsigned long nr, unsigned long a0, unsigned long a1,    \
+				     unsigned long a2, unsigned long a3)                      \
+	{                                                                                     \
+		long ret;                                                                     \
+		__asm__ volatile(insn : "=a"(ret) : "a"(nr), "b"(a0), "c"(a1), "d"(a2),       \
+				 "S"(a3) : "memory");                                         \
+		return ret;                                                                   \
+	}
 
-static inline long kt_hypercall0(unsigned long nr)
-{
-	long ret;
-	__asm__ volatile("outb %%al, $0xe0" : "=a"(ret) : "a"(nr) : "memory");
-	return ret;
-}
-
-static inline long kt_hypercall1(unsigned long nr, unsigned long a0)
-{
-	long ret;
-	__asm__ volatile("outb %%al, $0xe0" : "=a"(ret) : "a"(nr), "b"(a0) : "memory");
-	return ret;
-}
-
-static inline long kt_hypercall2(unsigned long nr, unsigned long a0, unsigned long a1)
-{
-	long ret;
-	__asm__ volatile("outb %%al, $0xe0" : "=a"(ret) : "a"(nr), "b"(a0), "c"(a1) : "memory");
-	return ret;
-}
-
-static inline long kt_hypercall3(unsigned long nr, unsigned long a0, unsigned long a1,
-				 unsigned long a2)
-{
-	long ret;
-	__asm__ volatile("outb %%al, $0xe0"
-			 : "=a"(ret)
-			 : "a"(nr), "b"(a0), "c"(a1), "d"(a2)
-			 : "memory");
-	return ret;
-}
-
-static inline long kt_hypercall4(unsigned long nr, unsigned long a0, unsigned long a1,
-				 unsigned long a2, unsigned long a3)
-{
-	long ret;
-	__asm__ volatile("outb %%al, $0xe0"
-			 : "=a"(ret)
-			 : "a"(nr), "b"(a0), "c"(a1), "d"(a2), "S"(a3)
-			 : "memory");
-	return ret;
-}
-
-/* ---- Hypercalls through VMCALL ---------------------------------------------------------- */
-/*
- * Same register ABI, but only reaches kvmtalk where the host routes VMCALL to userspace
- * (`kvmtalk info` shows vmcall_transport). Elsewhere stock KVM answers in the kernel:
- * -KT_EPERM at CPL3, -KT_ENOSYS for unknown numbers at CPL0 (and on PVM hosts a CPL0 VMCALL
- * never returns). Prefer kt_hypercallN.
- */
-
-static inline long kt_vmcall0(unsigned long nr)
-{
-	long ret;
-	__asm__ volatile("vmcall" : "=a"(ret) : "a"(nr) : "memory");
-	return ret;
-}
-
-static inline long kt_vmcall1(unsigned long nr, unsigned long a0)
-{
-	long ret;
-	__asm__ volatile("vmcall" : "=a"(ret) : "a"(nr), "b"(a0) : "memory");
-	return ret;
-}
-
-static inline long kt_vmcall2(unsigned long nr, unsigned long a0, unsigned long a1)
-{
-	long ret;
-	__asm__ volatile("vmcall" : "=a"(ret) : "a"(nr), "b"(a0), "c"(a1) : "memory");
-	return ret;
-}
-
-static inline long kt_vmcall3(unsigned long nr, unsigned long a0, unsigned long a1,
-			      unsigned long a2)
-{
-	long ret;
-	__asm__ volatile("vmcall" : "=a"(ret) : "a"(nr), "b"(a0), "c"(a1), "d"(a2) : "memory");
-	return ret;
-}
-
-static inline long kt_vmcall4(unsigned long nr, unsigned long a0, unsigned long a1,
-			      unsigned long a2, unsigned long a3)
-{
-	long ret;
-	__asm__ volatile("vmcall"
-			 : "=a"(ret)
-			 : "a"(nr), "b"(a0), "c"(a1), "d"(a2), "S"(a3)
-			 : "memory");
-	return ret;
-}
+/* kt_hypercall0(nr) ... kt_hypercall4(nr, a0, a1, a2, a3) */
+KT__HYPERCALLS(kt_hypercall, "outb %%al, $0xe0")
+/* kt_vmcall0(nr) ... kt_vmcall4(nr, a0, a1, a2, a3) */
+KT__HYPERCALLS(kt_vmcall, "vmcall")
+#undef KT__HYPERCALLS
 
 /* ---- Built-in hypercall wrappers -------------------------------------------------------- */
 
