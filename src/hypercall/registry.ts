@@ -90,7 +90,11 @@ export class HypercallTable implements HypercallRegistrar {
   private readonly large = new Map<bigint, HypercallHandler>();
   private readonly reported = new Set<string>();
 
-  constructor(readonly cpu: number) {}
+  /** @param report where handler failures are reported (once per distinct message) */
+  constructor(
+    readonly cpu: number,
+    private readonly report: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
+  ) {}
 
   register(nr: number, handler: HypercallHandler): void {
     if (!Number.isSafeInteger(nr) || nr < 0) throw new RangeError(`hypercall number ${nr} is not a non-negative integer`);
@@ -115,9 +119,9 @@ export class HypercallTable implements HypercallRegistrar {
   }
 
   private reportOnce(nr: bigint, e: unknown): void {
-    const msg = `kvmtalk: hypercall ${nr} handler threw: ${(e as Error)?.message ?? e} (guest gets -EINVAL)`;
+    const msg = `hypercall ${nr} handler threw: ${(e as Error)?.message ?? e} (guest gets -EINVAL)`;
     if (this.reported.has(msg)) return;
     this.reported.add(msg);
-    process.stderr.write(msg + '\n');
+    this.report(msg);
   }
 }

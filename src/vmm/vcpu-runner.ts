@@ -5,7 +5,7 @@
  * (port I/O, hypercalls) need no ioctl besides KVM_RUN itself. Anything the guest does that the
  * VMM cannot serve ends this vCPU with a {@link VcpuOutcome}; nothing a guest does throws here.
  */
-import { PORT } from '../arch/x86/layout.js';
+import { EXCEPTION_STUB_SIZE, EXCEPTION_STUBS, PORT } from '../arch/x86/layout.js';
 import type { DeviceHost } from '../devices/device.js';
 import { EXIT, INTERNAL_ERROR, SYSTEM_EVENT, exitReasonName } from '../kvm/exit-reasons.js';
 import { EXIT_XEN_HCALL, SYNC_X86_REGS } from '../kvm/ioctls.js';
@@ -66,7 +66,13 @@ export class VcpuRunner implements DeviceHost {
       bus.addPio(PORT.exception, 1, {
         name: 'exception-report',
         pioRead: () => 0xff,
-        pioWrite: () => this.finish({ kind: 'crash', report: exceptionReport(this.vcpu, this.memory, this.regs, this.cpu, exitReasonName(EXIT.IO)) }),
+        pioWrite: () => {
+          const rip = this.regs[REG.rip];
+          if (rip < BigInt(EXCEPTION_STUBS) || rip > BigInt(EXCEPTION_STUBS + 256 * EXCEPTION_STUB_SIZE)) {
+            return this.crash('unhandled-io', exitReasonName(EXIT.IO), `the guest wrote the exception-report port 0x${PORT.exception.toString(16)} outside the VMM's IDT stubs`, [], 'port-write');
+          }
+          this.finish({ kind: 'crash', report: exceptionReport(this.vcpu, this.memory, this.regs, this.cpu, exitReasonName(EXIT.IO)) });
+        },
       });
     }
   }

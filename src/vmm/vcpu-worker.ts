@@ -38,7 +38,7 @@ bus.addPio(COM1_BASE, SERIAL_PORT_COUNT, serial);
 bus.addPio(PORT.debugExit, 1, new DebugExit());
 bus.addPio(PORT.park, 1, new Park());
 
-const hypercalls = new HypercallTable(data.cpu);
+const hypercalls = new HypercallTable(data.cpu, (line) => post({ type: 'log', line }));
 registerBuiltins(hypercalls, {
   console: (bytes) => {
     serial.flush();
@@ -79,9 +79,9 @@ async function drainMailbox(): Promise<void> {
     else if (msg.type === 'load-module') {
       try {
         await loadModule(msg.url);
-        post({ type: 'module-loaded', id: msg.id });
+        post({ type: 'module-loaded', id: msg.id, cpu: data.cpu });
       } catch (e) {
-        post({ type: 'module-loaded', id: msg.id, error: (e as Error).message });
+        post({ type: 'module-loaded', id: msg.id, cpu: data.cpu, error: (e as Error).message });
       }
     }
   }

@@ -103,7 +103,8 @@ export class Vm extends EventEmitter {
   private readonly benchMarkBuffer = new SharedArrayBuffer(8 * 16);
   private readonly mainHandlers = new Map<number, HypercallHandler>();
   private readonly modules: string[] = [];
-  private readonly pendingModules = new Map<number, { left: number; errors: string[]; done: (errors: string[]) => void }>();
+  /** Module loads in flight: the vCPUs that have not answered yet. */
+  private readonly pendingModules = new Map<number, { waiting: Set<number>; errors: string[]; done: (errors: string[]) => void }>();
   private nextModuleId = 1;
   private loaded?: { longMode: boolean };
   private running?: Promise<VmResult>;
@@ -254,11 +255,11 @@ export class Vm extends EventEmitter {
   async loadHypercallModule(url: string | URL): Promise<void> {
     const href = typeof url === 'string' && !url.startsWith('file:') ? new URL(`file://${url}`).href : url.toString();
     this.modules.push(href);
-    const live = this.slots.filter((s) => s.worker && !s.outcome);
+    const live = this.slots.flatMap((s, cpu) => (s.worker && !s.outcome ? [cpu] : []));
     if (live.length === 0) return;
     const id = this.nextModuleId++;
     const errors = await new Promise<string[]>((done) => {
-      this.pendingModules.set(id, { left: live.length, errors: [], done });
+      this.pendingModules.set(id, { waiting: new Set(live), errors: [], done });
       this.broadcast({ type: 'load-module', id, url: href });
     });
     if (errors.length) throw new Error(`hypercall module ${href}: ${errors[0]}`);
@@ -293,6 +294,7 @@ export class Vm extends EventEmitter {
         const settle = (outcome: VcpuOutcome) => {
           if (slot.outcome) return;
           slot.outcome = outcome;
+          for (const id of [...this.pendingModules.keys()]) this.moduleAnswered(id, cpu);
           this.onVcpuEnd(outcome, cpu);
           if (--remaining === 0) {
             this.finishRun();
@@ -351,17 +353,24 @@ export class Vm extends EventEmitter {
       case 'call':
         void this.answerCall(slot, msg.cpu, msg.nr, msg.args);
         break;
-      case 'module-loaded': {
-        const p = this.pendingModules.get(msg.id);
-        if (!p) break;
-        if (msg.error) p.errors.push(msg.error);
-        if (--p.left === 0) {
-          this.pendingModules.delete(msg.id);
-          p.done(p.errors);
-        }
+      case 'module-loaded':
+        if (msg.error) this.pendingModules.get(msg.id)?.errors.push(msg.error);
+        this.moduleAnswered(msg.id, msg.cpu);
         break;
-      }
+      case 'log':
+        this.log(msg.line);
+        break;
     }
+  }
+
+  /** Settles a module load once no running vCPU still owes an answer (a vCPU that ended owes none). */
+  private moduleAnswered(id: number, cpu: number): void {
+    const p = this.pendingModules.get(id);
+    if (!p) return;
+    p.waiting.delete(cpu);
+    if (p.waiting.size > 0) return;
+    this.pendingModules.delete(id);
+    p.done(p.errors);
   }
 
   private onGuestEvent(cpu: number, event: string, payload: unknown): void {
@@ -398,11 +407,10 @@ export class Vm extends EventEmitter {
   /** Gets a vCPU out of KVM_RUN: immediate_exit covers "about to enter", the signal covers "inside". */
   private kick(slot: VcpuSlot, stop: boolean): void {
     if (slot.outcome) return;
-    if (stop) {
-      Atomics.store(slot.ctl, CTL.STOP, 1);
-      if (Atomics.load(slot.ctl, CTL.CALL_STATE) !== 0) this.answer(slot, BigInt(-KT_ERR.EINVAL));
-    }
+    if (stop) Atomics.store(slot.ctl, CTL.STOP, 1);
     slot.fd.run.immediateExit = true;
+    // Only now release a vCPU blocked in a main-thread call: it must find immediate_exit set.
+    if (stop && Atomics.load(slot.ctl, CTL.CALL_STATE) !== 0) this.answer(slot, BigInt(-KT_ERR.EINVAL));
     if (slot.tid) {
       try {
         sys.tgkill(slot.tid, sys.SIGUSR2);

@@ -55,7 +55,8 @@ export type FromWorker =
   | { type: 'event'; cpu: number; event: string; payload: unknown }
   | { type: 'console'; bytes: Uint8Array }
   | { type: 'call'; cpu: number; nr: bigint; args: bigint[] }
-  | { type: 'module-loaded'; id: number; error?: string }
+  | { type: 'module-loaded'; id: number; cpu: number; error?: string }
+  | { type: 'log'; line: string }
   | { type: 'done'; cpu: number; outcome: VcpuOutcome; stats: ExitStatsSnapshot };
 
 /** Main → worker (read when CTL.MAILBOX changes). */

@@ -92,7 +92,7 @@ test('a module load posted while the vCPU thread finishes the previous one is no
     during: async (vm, _run, text) => {
       await waitFor(() => text() === 'spinning\n', 10_000, 'the guest to print "spinning"');
       // After answering this load, the vCPU thread stays busy in the module's microtasks for
-      // STEP_MS ms before it calls runner.resume() and re-enters KVM_RUN ...
+      // STEP_MS ms before it goes back into KVM_RUN ...
       await within(vm.loadHypercallModule(new URL('../fixtures/lingering-module.js', import.meta.url)), 5000, 'first module load');
       // ... so this load's kick (immediate_exit = 1 + SIGUSR2) lands in that gap. It must not be
       // forgotten: the spin guest makes no exits, so nothing else would get the vCPU out of KVM_RUN.
