@@ -22,6 +22,7 @@ const cFtruncate = libc.func('int ftruncate(int fd, int64_t len)');
 const cGettid = libc.func('int gettid(void)');
 const cTgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const cPread = libc.func('int64_t pread(int fd, void *buf, size_t count, int64_t off)');
+const cFallocate = libc.func('int fallocate(int fd, int mode, int64_t off, int64_t len)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
 export class SysError extends Error {
@@ -90,8 +91,15 @@ export const PROT_WRITE = 2;
 export const MAP_SHARED = 1;
 export const MAP_PRIVATE = 2;
 export const MAP_ANONYMOUS = 0x20;
+export const MAP_FIXED = 0x10;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_POPULATE = 0x8000;
+export const PROT_NONE = 0;
 export const MFD_CLOEXEC = 1;
 export const MFD_HUGETLB = 4;
+/** With {@link MFD_HUGETLB}: 2 MiB pages (log2 of the size, shifted by MFD_HUGE_SHIFT 26). */
+export const MFD_HUGE_2MB = 21 << 26;
+export const MADV_DONTNEED = 4;
 export const MADV_HUGEPAGE = 14;
 export const SIGUSR2 = 12;
 
@@ -128,6 +136,13 @@ export function mmap(len: number, prot: number, flags: number, fd: number, offse
   return addr;
 }
 
+/** mmap(2) at exactly `addr` (the caller passes MAP_FIXED and owns the range, e.g. a reservation it made). */
+export function mmapAt(addr: bigint, len: number, prot: number, flags: number, fd: number, offset = 0): bigint {
+  const got = BigInt(koffi.address(cMmap(addr, len, prot, flags, fd, offset)));
+  if (got === 0xffffffffffffffffn) throw new SysError('mmap', lastErrno());
+  return got;
+}
+
 /** munmap(2). */
 export function munmap(addr: bigint, len: number): void {
   check('munmap', cMunmap(addr, len));
@@ -146,6 +161,11 @@ export function memfdCreate(name: string, flags: number): number {
 /** ftruncate(2). */
 export function ftruncate(fd: number, len: number): void {
   check('ftruncate', cFtruncate(fd, len));
+}
+
+/** fallocate(2): allocate backing for [off, off+len) of `fd` now, so running out shows up here rather than later. */
+export function fallocate(fd: number, mode: number, off: number, len: number): void {
+  check('fallocate', cFallocate(fd, mode, off, len));
 }
 
 /** The calling thread's kernel thread id. */

@@ -21,7 +21,7 @@ import * as sys from '../kvm/sys.js';
 import type { Regs, VcpuFd } from '../kvm/vcpu-fd.js';
 import type { VmFd } from '../kvm/vm-fd.js';
 import { ImageError, placeImage, type ElfImage, type ReservedRange } from '../loader/elf.js';
-import { GuestMemory, parseSize } from '../memory/guest-memory.js';
+import { GuestMemory, parseSize, type MemoryBacking } from '../memory/guest-memory.js';
 import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
 import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
 import {
@@ -32,6 +32,8 @@ import {
 export interface VmOptions {
   /** Guest RAM, in bytes or as text like `64M` (default 64 MiB). */
   memory?: number | string;
+  /** Host backing of guest RAM: `'shmem'` (default), `'thp'` or `'hugetlb'`; see {@link MemoryBacking}. */
+  memoryBacking?: MemoryBacking;
   /** Number of vCPUs (default 1). */
   vcpus?: number;
   /**
@@ -156,7 +158,7 @@ export class Vm extends EventEmitter {
       const vmFd = kvm.createVm();
       cleanup.push(() => vmFd.close());
       if (kvm.checkExtension(CAP.SET_TSS_ADDR)) vmFd.setTssAddr(0xfffbd000);
-      const memory = GuestMemory.create(size);
+      const memory = GuestMemory.create(size, { backing: opts.memoryBacking });
       cleanup.push(() => memory.close());
       memory.registerWith(vmFd);
       const cpuid = kvm.supportedCpuid();

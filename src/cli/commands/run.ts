@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import { IMAGE_BASE } from '../../arch/x86/layout.js';
 import { loadImageFile } from '../../loader/image.js';
+import { MEMORY_BACKINGS } from '../../memory/guest-memory.js';
 import { Vm } from '../../vmm/vm.js';
 import { parseAddress, parseChoice, parseCount, parseMemory, parseRegAssignments } from '../options.js';
 import { runFromCli } from '../run-vm.js';
@@ -13,6 +14,7 @@ interface RunOptions {
   entry?: string;
   setReg?: string[];
   mem: string;
+  memoryBacking: string;
   vcpus: string;
   cpl: string;
   stats?: boolean;
@@ -29,6 +31,7 @@ export function registerRun(program: Command): void {
     .option('--entry <addr>', 'entry point (default: the ELF entry, or the raw load address)')
     .option('--set-reg <reg=value...>', 'set a register on every vCPU before it starts, e.g. --set-reg rax=2 rbx=2')
     .option('--mem <size>', 'guest RAM', '64M')
+    .option('--memory-backing <kind>', 'host backing of guest RAM: shmem (memfd, 4 KiB pages), thp (transparent 2 MiB pages) or hugetlb (2 MiB pages from the hugetlb pool)', 'shmem')
     .option('--vcpus <n>', 'number of vCPUs', '1')
     .option('--cpl <0|3>', 'long mode: privilege level of guest code', '3')
     .option('--stats', 'print exit counts, exit-latency percentiles and KVM binary stats at the end')
@@ -37,6 +40,7 @@ export function registerRun(program: Command): void {
       const format = parseChoice(o.format, '--format', ['elf', 'raw', 'auto'] as const);
       const vcpus = parseCount(o.vcpus, '--vcpus', 64);
       const memory = parseMemory(o.mem);
+      const memoryBacking = parseChoice(o.memoryBacking, '--memory-backing', MEMORY_BACKINGS);
       const cpl = Number(parseChoice(o.cpl, '--cpl', ['0', '3'] as const)) as 0 | 3;
       const regs = parseRegAssignments(o.setReg);
       const explicitMode = o.mode === undefined ? undefined : parseChoice(o.mode, '--mode', ['long', 'real'] as const);
@@ -45,7 +49,7 @@ export function registerRun(program: Command): void {
       const entry = o.entry !== undefined ? parseAddress(o.entry, '--entry') : undefined;
       const img = loadImageFile(image, { format, loadAddr, entry });
       const mode = explicitMode ?? (img.format === 'elf' ? 'long' : 'real');
-      const vm = Vm.create({ memory, vcpus, timing: o.stats === true });
+      const vm = Vm.create({ memory, memoryBacking, vcpus, timing: o.stats === true });
       try {
         vm.load(img, { mode, cpl, regs });
         const result = await runFromCli(vm, { stats: o.stats });
