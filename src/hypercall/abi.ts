@@ -8,6 +8,18 @@ export const HC = {
   NOP: 23,
   BENCH_MARK: 24,
   CONSOLE_WRITE: 25,
+  FLUSH_TLB: 26,
+  GPA_TO_HPA: 60,
+} as const;
+
+/** KT_HC_GPA_TO_HPA flag bits (RSI), as in EvCache's gpa_hpa. */
+export const GPA_TO_HPA_FLAGS = {
+  /** The host page is huge or part of a compound page (THP, hugetlb, large folio). */
+  HUGE: 1,
+  /** The host page is mapped (present). */
+  MAPPED: 2,
+  /** Bits 2–6: folio order. */
+  ORDER_SHIFT: 2,
 } as const;
 
 /** First number available to user handlers. */

@@ -1,5 +1,6 @@
 /** The built-in hypercalls every kvmtalk VM answers (docs/guest-abi.md). */
-import { HC, HC_LOG_MAX, KT_ERR } from './abi.js';
+import type { HostPageInfo } from '../translate/host-pages.js';
+import { GPA_TO_HPA_FLAGS, HC, HC_LOG_MAX, KT_ERR } from './abi.js';
 import type { HypercallCall, HypercallTable } from './registry.js';
 
 /** What the built-ins need from their vCPU thread. */
@@ -10,6 +11,10 @@ export interface BuiltinContext {
   benchIterations: number;
   /** Timestamps (epoch ms: timeOrigin + now(), comparable across threads) by mark id, written by KT_HC_BENCH_MARK; shared with the main thread. */
   benchMarks: Float64Array;
+  /** Flushes the calling vCPU's TLB (KT_HC_FLUSH_TLB). */
+  flushTlb(): void;
+  /** The host page behind a guest-physical address inside RAM (KT_HC_GPA_TO_HPA). */
+  hostPage(gpa: bigint): HostPageInfo;
 }
 
 /** Returns the string/bytes argument (a0 = GPA, a1 = length), or a negative error code. */
@@ -37,6 +42,19 @@ export function registerBuiltins(table: HypercallTable, ctx: BuiltinContext): vo
     if (mark < 0 || mark >= ctx.benchMarks.length) return -KT_ERR.EINVAL;
     ctx.benchMarks[mark] = performance.timeOrigin + performance.now();
     return 0;
+  });
+  table.register(HC.FLUSH_TLB, () => ctx.flushTlb());
+  table.register(HC.GPA_TO_HPA, (call) => {
+    if (!call.memory.contains(call.a0, 1)) return -KT_ERR.EFAULT;
+    const page = ctx.hostPage(call.a0);
+    if (page.pfnHidden) return -KT_ERR.EPERM;
+    const huge = page.pageSize > 4096 || page.compoundHead || page.compoundTail;
+    const flags = (huge ? GPA_TO_HPA_FLAGS.HUGE : 0) | (page.present ? GPA_TO_HPA_FLAGS.MAPPED : 0) |
+      ((page.folioOrder ?? 0) & 0x1f) << GPA_TO_HPA_FLAGS.ORDER_SHIFT;
+    const pfn = page.present && page.pfn !== undefined ? page.pfn : 0n;
+    call.setOutput('rdx', pfn);
+    call.setOutput('rsi', flags);
+    return pfn << 12n;
   });
   table.register(HC.CONSOLE_WRITE, (call) => {
     const bytes = guestBytes(call);

@@ -52,6 +52,13 @@ export class HypercallCall {
   arg(i: 0 | 1 | 2 | 3): bigint {
     return this.regs[ARG_REGS[i]];
   }
+  /**
+   * Returns a second or third value in RDX or RSI, for ABIs with several outputs (RAX still comes
+   * from the handler's return value). Other registers are the guest's own and stay untouched.
+   */
+  setOutput(reg: 'rdx' | 'rsi', value: bigint | number): void {
+    this.regs[REG[reg]] = BigInt(value);
+  }
 }
 
 const ARG_REGS = [REG.rbx, REG.rcx, REG.rdx, REG.rsi] as const;

@@ -12,8 +12,10 @@ import { HypercallTable, type HypercallCall, type HypercallModule } from '../hyp
 import { gettid } from '../kvm/sys.js';
 import { VcpuFd } from '../kvm/vcpu-fd.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import { gpaToHva, Pagemap } from '../translate/host-pages.js';
 import { Bus } from './bus.js';
 import { ExitStats } from './exit-stats.js';
+import { answerQuery, flushTlb } from './vcpu-query.js';
 import { VcpuRunner } from './vcpu-runner.js';
 import {
   CALL_IDLE, CALL_WAITING, CTL, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuWorkerData,
@@ -22,7 +24,7 @@ import {
 const data = workerData as VcpuWorkerData;
 const port = parentPort!;
 const ctl = new Int32Array(data.control);
-const callResult = new BigInt64Array(data.control, CTL_CALL_RESULT_OFFSET, 1);
+const callResult = new BigInt64Array(data.control, CTL_CALL_RESULT_OFFSET, 3);
 const post = (msg: FromWorker) => port.postMessage(msg);
 const emit = (event: string, payload: unknown) => post({ type: 'event', cpu: data.cpu, event, payload });
 
@@ -46,7 +48,10 @@ registerBuiltins(hypercalls, {
   },
   benchIterations: data.benchIterations,
   benchMarks: new Float64Array(data.benchMarks),
+  flushTlb: () => flushTlb(vcpu),
+  hostPage: (gpa) => (pagemap ??= new Pagemap()).lookup(gpaToHva(memory, gpa)),
 });
+let pagemap: Pagemap | undefined;
 
 /** A handler that runs on the main thread: post the call, then block this vCPU until it is answered. */
 function remoteHandler(call: HypercallCall): bigint {
@@ -54,6 +59,9 @@ function remoteHandler(call: HypercallCall): bigint {
   post({ type: 'call', cpu: data.cpu, nr: call.nr, args: [call.a0, call.a1, call.a2, call.a3] });
   Atomics.wait(ctl, CTL.CALL_STATE, CALL_WAITING);
   Atomics.store(ctl, CTL.CALL_STATE, CALL_IDLE);
+  const outputs = Atomics.load(ctl, CTL.CALL_OUTPUTS);
+  if (outputs & 1) call.setOutput('rdx', callResult[1]);
+  if (outputs & 2) call.setOutput('rsi', callResult[2]);
   return callResult[0];
 }
 for (const nr of data.remoteHypercalls) hypercalls.register(nr, remoteHandler);
@@ -76,7 +84,13 @@ async function drainMailbox(): Promise<void> {
   for (let m = receiveMessageOnPort(port); m; m = receiveMessageOnPort(port)) {
     const msg = m.message as ToWorker;
     if (msg.type === 'remote-hypercall') hypercalls.register(msg.nr, remoteHandler);
-    else if (msg.type === 'load-module') {
+    else if (msg.type === 'query') {
+      try {
+        post({ type: 'query-result', id: msg.id, result: answerQuery(vcpu, msg.query) });
+      } catch (e) {
+        post({ type: 'query-result', id: msg.id, error: (e as Error).message });
+      }
+    } else if (msg.type === 'load-module') {
       try {
         await loadModule(msg.url);
         post({ type: 'module-loaded', id: msg.id, cpu: data.cpu });

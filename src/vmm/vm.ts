@@ -18,14 +18,15 @@ import { encode, kvm_regs, kvm_sregs } from '../kvm/structs.js';
 import { REG, REG_NAMES, type RegName } from '../kvm/kvm-run.js';
 import { KvmStats, type StatValues } from '../kvm/stats.js';
 import * as sys from '../kvm/sys.js';
-import type { Regs, VcpuFd } from '../kvm/vcpu-fd.js';
+import type { Regs, Translation, VcpuFd } from '../kvm/vcpu-fd.js';
 import type { VmFd } from '../kvm/vm-fd.js';
 import { ImageError, placeImage, type ElfImage, type ReservedRange } from '../loader/elf.js';
 import { GuestMemory, parseSize, type MemoryBacking } from '../memory/guest-memory.js';
 import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
+import { answerQuery, type VcpuState } from './vcpu-query.js';
 import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
 import {
-  CALL_ANSWERED, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuWorkerData,
+  CALL_ANSWERED, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuQuery, type VcpuWorkerData,
 } from './worker-protocol.js';
 
 /** Options of {@link Vm.create}. */
@@ -108,6 +109,8 @@ export class Vm extends EventEmitter {
   /** Module loads in flight: the vCPUs that have not answered yet. */
   private readonly pendingModules = new Map<number, { waiting: Set<number>; errors: string[]; done: (errors: string[]) => void }>();
   private nextModuleId = 1;
+  private readonly pendingQueries = new Map<number, { cpu: number; query: VcpuQuery; resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private nextQueryId = 1;
   private loaded?: { longMode: boolean };
   private running?: Promise<VmResult>;
   private result?: VmResult;
@@ -267,6 +270,38 @@ export class Vm extends EventEmitter {
     if (errors.length) throw new Error(`hypercall module ${href}: ${errors[0]}`);
   }
 
+  /**
+   * A vCPU's registers (`kvm_regs`, `kvm_sregs`), whether or not the VM is running: a running vCPU
+   * is briefly kicked out of KVM_RUN to answer on its own thread.
+   */
+  vcpuState(cpu = 0): Promise<VcpuState> {
+    return this.query(cpu, { kind: 'state' }) as Promise<VcpuState>;
+  }
+
+  /** KVM_TRANSLATE of `gva` on vCPU `cpu` (KVM's own walk of the guest page tables). */
+  kvmTranslate(cpu: number, gva: bigint): Promise<Translation> {
+    return this.query(cpu, { kind: 'translate', gva }) as Promise<Translation>;
+  }
+
+  private query(cpu: number, query: VcpuQuery): Promise<unknown> {
+    const slot = this.slots[cpu];
+    if (!slot) return Promise.reject(new RangeError(`no vCPU ${cpu} (this VM has ${this.vcpuCount})`));
+    if (!slot.worker || slot.outcome) {
+      try {
+        return Promise.resolve(answerQuery(slot.fd, query));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    const id = this.nextQueryId++;
+    return new Promise((resolve, reject) => {
+      this.pendingQueries.set(id, { cpu, query, resolve, reject });
+      slot.worker!.postMessage({ type: 'query', id, query } satisfies ToWorker);
+      Atomics.add(slot.ctl, CTL.MAILBOX, 1);
+      this.kick(slot, false);
+    });
+  }
+
   /** Types bytes into the guest's serial port (COM1 receive). Returns how many fit. */
   sendSerialInput(bytes: Uint8Array): number {
     return this.serialInput.push(bytes);
@@ -297,6 +332,7 @@ export class Vm extends EventEmitter {
           if (slot.outcome) return;
           slot.outcome = outcome;
           for (const id of [...this.pendingModules.keys()]) this.moduleAnswered(id, cpu);
+          this.settleQueries(cpu);
           this.onVcpuEnd(outcome, cpu);
           if (--remaining === 0) {
             this.finishRun();
@@ -362,6 +398,26 @@ export class Vm extends EventEmitter {
       case 'log':
         this.log(msg.line);
         break;
+      case 'query-result': {
+        const q = this.pendingQueries.get(msg.id);
+        this.pendingQueries.delete(msg.id);
+        if (msg.error !== undefined) q?.reject(new Error(msg.error));
+        else q?.resolve(msg.result);
+        break;
+      }
+    }
+  }
+
+  /** Queries a vCPU thread left unanswered when it ended: its fd is free now, so answer them here. */
+  private settleQueries(cpu: number): void {
+    for (const [id, q] of this.pendingQueries) {
+      if (q.cpu !== cpu) continue;
+      this.pendingQueries.delete(id);
+      try {
+        q.resolve(answerQuery(this.slots[cpu].fd, q.query));
+      } catch (e) {
+        q.reject(e as Error);
+      }
     }
   }
 
@@ -397,11 +453,18 @@ export class Vm extends EventEmitter {
       result = BigInt(e instanceof Error && e.name === 'GuestMemoryError' ? -KT_ERR.EFAULT : -KT_ERR.EINVAL);
       if (result === BigInt(-KT_ERR.EINVAL)) this.log(`hypercall ${nr} handler threw: ${(e as Error).message} (guest gets -EINVAL)`);
     }
-    this.answer(slot, result);
+    const outputs: { rdx?: bigint; rsi?: bigint } = {};
+    if (regs[REG.rdx] !== args[2]) outputs.rdx = regs[REG.rdx];
+    if (regs[REG.rsi] !== args[3]) outputs.rsi = regs[REG.rsi];
+    this.answer(slot, result, outputs);
   }
 
-  private answer(slot: VcpuSlot, result: bigint): void {
-    new BigInt64Array(slot.control, CTL_CALL_RESULT_OFFSET, 1)[0] = BigInt.asIntN(64, result);
+  private answer(slot: VcpuSlot, result: bigint, outputs: { rdx?: bigint; rsi?: bigint } = {}): void {
+    const values = new BigInt64Array(slot.control, CTL_CALL_RESULT_OFFSET, 3);
+    values[0] = BigInt.asIntN(64, result);
+    values[1] = BigInt.asIntN(64, outputs.rdx ?? 0n);
+    values[2] = BigInt.asIntN(64, outputs.rsi ?? 0n);
+    Atomics.store(slot.ctl, CTL.CALL_OUTPUTS, (outputs.rdx !== undefined ? 1 : 0) | (outputs.rsi !== undefined ? 2 : 0));
     Atomics.store(slot.ctl, CTL.CALL_STATE, CALL_ANSWERED);
     Atomics.notify(slot.ctl, CTL.CALL_STATE);
   }

@@ -20,10 +20,12 @@ export const CTL = {
   MAILBOX: 2,
   /** Main-thread hypercall: 0 idle, 1 waiting for the main thread, 2 answered. */
   CALL_STATE: 3,
+  /** Main-thread hypercall: which extra outputs were set (bit 0 RDX, bit 1 RSI). */
+  CALL_OUTPUTS: 4,
 } as const;
-/** Byte offset of the BigInt64 result of a main-thread hypercall in the control block. */
-export const CTL_CALL_RESULT_OFFSET = 16;
-export const CTL_BYTES = 32;
+/** Byte offset of the main-thread hypercall's BigInt64 results: RAX, RDX, RSI. */
+export const CTL_CALL_RESULT_OFFSET = 24;
+export const CTL_BYTES = 48;
 export const CALL_IDLE = 0;
 export const CALL_WAITING = 1;
 export const CALL_ANSWERED = 2;
@@ -56,10 +58,15 @@ export type FromWorker =
   | { type: 'console'; bytes: Uint8Array }
   | { type: 'call'; cpu: number; nr: bigint; args: bigint[] }
   | { type: 'module-loaded'; id: number; cpu: number; error?: string }
+  | { type: 'query-result'; id: number; result?: unknown; error?: string }
   | { type: 'log'; line: string }
   | { type: 'done'; cpu: number; outcome: VcpuOutcome; stats: ExitStatsSnapshot };
 
 /** Main → worker (read when CTL.MAILBOX changes). */
 export type ToWorker =
   | { type: 'load-module'; id: number; url: string }
-  | { type: 'remote-hypercall'; nr: number };
+  | { type: 'remote-hypercall'; nr: number }
+  | { type: 'query'; id: number; query: VcpuQuery };
+
+/** Questions only the vCPU's own thread can answer while it runs (vCPU ioctls wait for KVM_RUN). */
+export type VcpuQuery = { kind: 'state' } | { kind: 'translate'; gva: bigint };

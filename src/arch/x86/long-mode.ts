@@ -6,7 +6,7 @@
 import type { Regs, Sregs } from '../../kvm/vcpu-fd.js';
 import type { GuestMemory } from '../../memory/guest-memory.js';
 import {
-  EXCEPTION_STUB_SIZE, EXCEPTION_STUBS, GDT, IDT, KERNEL_STACK_SIZE, KERNEL_STACKS, PERCPU, PERCPU_SIZE, PORT, SEL,
+  EXCEPTION_STUB_SIZE, EXCEPTION_STUBS, GDT, IDT, KERNEL_STACK_SIZE, KERNEL_STACKS, PERCPU, PERCPU_SIZE, PML4, PORT, SEL,
   TSS_BASE, TSS_STRIDE,
 } from './layout.js';
 import { buildIdentityMap } from './paging.js';
@@ -52,6 +52,7 @@ export function buildLongModeSystem(mem: GuestMemory, vcpus: number): bigint {
     mem.fill(percpu, PERCPU_SIZE);
     mem.writeU64(percpu, BigInt(cpu));
     mem.writeU64(percpu + 8, BigInt(vcpus));
+    mem.writeU64(percpu + 16, BigInt(PML4)); // CPL3 code cannot read CR3; the SDK's walker starts here
   }
 
   // Every vector: a CPL0 interrupt gate on IST1 to an 8-byte stub `out %al,$0xe1; jmp .`.
