@@ -8,6 +8,7 @@ import { registerCc, registerSdk } from './commands/cc.js';
 import { registerDemo } from './commands/demo.js';
 import { registerInfo } from './commands/info.js';
 import { registerRun } from './commands/run.js';
+import { registerTranslate } from './commands/translate.js';
 import { reportError } from './errors.js';
 
 const program = new Command('kvmtalk')
@@ -22,6 +23,7 @@ registerInfo(program);
 registerCc(program);
 registerSdk(program);
 registerBench(program);
+registerTranslate(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -51,3 +51,49 @@ export function parseChoice<T extends string>(text: string, option: string, choi
   if (!(choices as readonly string[]).includes(text)) throw new UsageError(`${option}: '${text}' is not one of ${choices.join(', ')}`);
   return text as T;
 }
+
+/** A whole number from 0 to `max` (e.g. a vCPU index or a duration in ms). */
+export function parseIndex(text: string, option: string, max = Number.MAX_SAFE_INTEGER): number {
+  const n = /^\d+$/.test(text.trim()) ? Number(text.trim()) : NaN;
+  if (!Number.isSafeInteger(n) || n > max) throw new UsageError(`${option}: '${text}' is not a whole number from 0 to ${max}`);
+  return n;
+}
+
+/** A guest virtual address: decimal or 0x hex, `_` allowed between digits (`0x7fff_ffff_0000`). */
+export function parseGva(text: string): bigint {
+  const clean = text.trim().replace(/(?<=[0-9a-f])_(?=[0-9a-f])/gi, '');
+  try {
+    return parseAddress(clean, 'GVA');
+  } catch {
+    throw new UsageError(`GVA '${text}' is not a 64-bit address (use decimal or 0x hex, e.g. 0x401000)`);
+  }
+}
+
+/** The image options `run` and `translate` share, as given on the command line. */
+export interface ImageOptionText {
+  format: string;
+  mode?: string;
+  loadAddr?: string;
+  entry?: string;
+}
+
+/** Parsed {@link ImageOptionText}: how to read the image and, if given, the mode to start it in. */
+export interface ImageOptionValues {
+  format: 'elf' | 'raw' | 'auto';
+  /** The mode asked for; undefined means long for ELF, real for raw. */
+  mode?: 'long' | 'real';
+  loadAddr: bigint;
+  entry?: bigint;
+}
+
+/**
+ * Parses --format, --mode, --load-addr and --entry as `run` does: a raw image's default load
+ * address is 0x400000 when --mode long is given, else 0x1000.
+ */
+export function parseImageOptions(o: ImageOptionText, imageBase: bigint): ImageOptionValues {
+  const format = parseChoice(o.format, '--format', ['elf', 'raw', 'auto'] as const);
+  const mode = o.mode === undefined ? undefined : parseChoice(o.mode, '--mode', ['long', 'real'] as const);
+  const loadAddr = o.loadAddr !== undefined ? parseAddress(o.loadAddr, '--load-addr') : mode === 'long' ? imageBase : 0x1000n;
+  const entry = o.entry !== undefined ? parseAddress(o.entry, '--entry') : undefined;
+  return { format, mode, loadAddr, entry };
+}

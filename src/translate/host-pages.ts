@@ -64,6 +64,23 @@ export function gpaToHva(memory: GuestMemory, gpa: bigint): bigint {
   throw new GuestMemoryError(gpa, 1);
 }
 
+/** Bits of a raw pagemap entry (see {@link Pagemap.lookupRange}). */
+export const PAGEMAP = {
+  PRESENT: 1n << 63n,
+  SWAPPED: 1n << 62n,
+  /** File page or shared anonymous (shmem/memfd) page. */
+  FILE: 1n << 61n,
+  EXCLUSIVE: 1n << 56n,
+  SOFT_DIRTY: 1n << 55n,
+  /** Bits 54:0: the PFN of a present page (0 when hidden from callers without CAP_SYS_ADMIN). */
+  PFN_MASK: (1n << 55n) - 1n,
+} as const;
+
+/** The PFN in a raw pagemap entry: undefined when the page is not present, 0n when the kernel hides PFNs. */
+export function pagemapPfn(entry: bigint): bigint | undefined {
+  return (entry & PAGEMAP.PRESENT) === 0n ? undefined : entry & PAGEMAP.PFN_MASK;
+}
+
 /** A fresh, not-present {@link HostPageInfo} for {@link Pagemap.lookupInto}. */
 export function emptyHostPageInfo(): HostPageInfo {
   return {
@@ -189,6 +206,25 @@ export class Pagemap {
     out.folioOrder = order;
     if (out.hugetlb) out.pageSize = PAGE_SIZES[order] ?? 4096;
     else if (pmdMapped === true || (pmdMapped === undefined && out.thp && order === 9 && vpn % 512 === pfn - head)) out.pageSize = 2097152;
+    return out;
+  }
+
+  /**
+   * The raw pagemap entries of `pages` consecutive 4 KiB pages from `hva` (aligned down to 4 KiB),
+   * read with as few preads as the kernel allows (normally one): for bulk scans, where a
+   * {@link lookup} per page would cost a system call each. Decode them with {@link PAGEMAP} and
+   * {@link pagemapPfn}; page flags and page sizes need {@link lookup} on the pages of interest.
+   */
+  lookupRange(hva: bigint, pages: number): BigUint64Array {
+    if (!Number.isSafeInteger(pages) || pages < 0) throw new RangeError(`page count must be a non-negative integer, got ${pages}`);
+    const out = new BigUint64Array(pages);
+    const bytes = new Uint8Array(out.buffer);
+    const start = Number(hva >> 12n) * 8;
+    for (let done = 0; done < bytes.length; ) {
+      const n = sys.pread(this.pagemapFd, bytes.subarray(done), start + done);
+      if (n <= 0) break; // past the end of the address space: the rest stays 0 (not present)
+      done += n;
+    }
     return out;
   }
 

@@ -12,9 +12,9 @@ import { realModeState, zeroRegs } from '../arch/x86/real-mode.js';
 import { SerialInput } from '../devices/serial-input.js';
 import { HypercallCall, type HypercallHandler } from '../hypercall/registry.js';
 import { isKvmReserved, KT_ERR } from '../hypercall/abi.js';
-import { CAP } from '../kvm/ioctls.js';
+import { CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM, MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls.js';
 import { encodeCpuid, Kvm, type CpuidEntry } from '../kvm/kvm.js';
-import { encode, kvm_regs, kvm_sregs } from '../kvm/structs.js';
+import { encode, kvm_clear_dirty_log, kvm_dirty_log, kvm_regs, kvm_sregs } from '../kvm/structs.js';
 import { REG, REG_NAMES, type RegName } from '../kvm/kvm-run.js';
 import { KvmStats, type StatValues } from '../kvm/stats.js';
 import * as sys from '../kvm/sys.js';
@@ -26,7 +26,7 @@ import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
 import { answerQuery, type VcpuState } from './vcpu-query.js';
 import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
 import {
-  CALL_ANSWERED, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuQuery, type VcpuWorkerData,
+  CALL_ANSWERED, CALL_WAITING, CTL, CTL_BYTES, CTL_CALL_RESULT_OFFSET, type FromWorker, type ToWorker, type VcpuQuery, type VcpuWorkerData,
 } from './worker-protocol.js';
 
 /** Options of {@link Vm.create}. */
@@ -76,6 +76,15 @@ export interface RunStats {
   kvm?: { vm: StatValues; vcpus: StatValues[]; vmStats: KvmStats; vcpuStats: KvmStats[] };
 }
 
+/**
+ * How {@link Vm.enableDirtyLog} logs guest writes. `'manual'` (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
+ * with KVM_DIRTY_LOG_INITIALLY_SET): pages start out dirty and writable, and only pages passed to
+ * {@link Vm.clearDirtyLog} are write-protected, so the guest takes write faults only on the pages
+ * someone watches. `'plain'`: every page is write-protected, and {@link Vm.getDirtyLog} clears the
+ * bits it returns and re-protects those pages.
+ */
+export type DirtyLogMode = 'manual' | 'plain';
+
 interface VcpuSlot {
   fd: VcpuFd;
   control: SharedArrayBuffer;
@@ -116,6 +125,8 @@ export class Vm extends EventEmitter {
   private result?: VmResult;
   private runStats?: RunStats;
   private closed = false;
+  /** Dirty logging, once enabled: its mode and a native buffer for bitmaps (the ioctls take its address). */
+  private dirty?: { mode: DirtyLogMode; addr: bigint; size: number; words: BigUint64Array };
   private readonly log: (line: string) => void;
   /** Wall-clock ms (timeOrigin-based) when {@link Vm.create} began. */
   readonly createdAt: number;
@@ -283,10 +294,66 @@ export class Vm extends EventEmitter {
     return this.query(cpu, { kind: 'translate', gva }) as Promise<Translation>;
   }
 
+  /**
+   * Turns on KVM dirty-page logging (KVM_MEM_LOG_DIRTY_PAGES) for every RAM memslot, in `prefer`
+   * mode when KVM supports it, else `'plain'` (see {@link DirtyLogMode}). Works before and during
+   * {@link run}; a second call changes nothing and returns the mode in effect.
+   */
+  enableDirtyLog(prefer: DirtyLogMode = 'manual'): DirtyLogMode {
+    if (this.dirty) return this.dirty.mode;
+    const manualBits = DIRTY_LOG_MANUAL_PROTECT_ENABLE | DIRTY_LOG_INITIALLY_SET;
+    const mode: DirtyLogMode = prefer === 'manual' && (this.vmFd.checkExtension(CAP.MANUAL_DIRTY_LOG_PROTECT2) & manualBits) === manualBits ? 'manual' : 'plain';
+    if (mode === 'manual') this.vmFd.enableCap(CAP.MANUAL_DIRTY_LOG_PROTECT2, [BigInt(manualBits)]);
+    const size = Math.ceil(Math.max(...this.memory.regions.map((r) => Math.ceil(r.size / 4096 / 64) * 8)) / 4096) * 4096;
+    const addr = sys.mmap(size, sys.PROT_READ | sys.PROT_WRITE, sys.MAP_PRIVATE | sys.MAP_ANONYMOUS, -1);
+    this.dirty = { mode, addr, size, words: new BigUint64Array(sys.view(addr, size)) };
+    for (const r of this.memory.regions) this.vmFd.setUserMemoryRegion(r.slot, r.gpa, r.size, r.hva, MEM_LOG_DIRTY_PAGES);
+    return mode;
+  }
+
+  /**
+   * KVM_GET_DIRTY_LOG: copies memslot `slot`'s bitmap into `out` (bit i of word w = 4 KiB page
+   * 64w + i of the slot; `out` needs ceil(pages / 64) words). In `'plain'` mode KVM also clears
+   * the log and re-protects the pages it reported. A VM ioctl: fine while the vCPUs run.
+   */
+  getDirtyLog(slot: number, out: BigUint64Array): void {
+    const { dirty, words } = this.dirtyBuffer(slot, out.length);
+    sys.ioctlBuf(this.vmFd.fd, 'KVM_GET_DIRTY_LOG', KVM.GET_DIRTY_LOG, encode(kvm_dirty_log, { slot, padding1: 0, dirty_bitmap: dirty.addr }));
+    out.set(dirty.words.subarray(0, words));
+  }
+
+  /**
+   * KVM_CLEAR_DIRTY_LOG (`'manual'` mode): clears the log bits set in `bits` (bit i = page
+   * `firstPage` + i of memslot `slot`; `firstPage` a multiple of 64) and write-protects those
+   * pages, so the guest's next write to each is logged again.
+   */
+  clearDirtyLog(slot: number, firstPage: number, bits: BigUint64Array): void {
+    const { dirty, pages } = this.dirtyBuffer(slot, bits.length);
+    if (dirty.mode !== 'manual') throw new Error('clearDirtyLog() needs the manual dirty-log mode');
+    if (firstPage % 64 !== 0 || firstPage < 0 || firstPage >= pages) throw new RangeError(`first page ${firstPage} must be a multiple of 64 inside the slot`);
+    dirty.words.set(bits);
+    const numPages = Math.min(bits.length * 64, pages - firstPage);
+    const buf = encode(kvm_clear_dirty_log, { slot, num_pages: numPages, first_page: BigInt(firstPage), dirty_bitmap: dirty.addr });
+    sys.ioctlBuf(this.vmFd.fd, 'KVM_CLEAR_DIRTY_LOG', KVM.CLEAR_DIRTY_LOG, buf);
+  }
+
+  /** The dirty-log buffer, checked against memslot `slot` and a bitmap of `words` 64-bit words. */
+  private dirtyBuffer(slot: number, words: number): { dirty: NonNullable<Vm['dirty']>; words: number; pages: number } {
+    if (!this.dirty) throw new Error('enableDirtyLog() first');
+    const region = this.memory.regions.find((r) => r.slot === slot);
+    if (!region) throw new RangeError(`no memslot ${slot}`);
+    const pages = region.size / 4096;
+    const need = Math.ceil(pages / 64);
+    if (words * 8 > this.dirty.size) throw new RangeError(`a dirty bitmap of memslot ${slot} has at most ${need} words`);
+    return { dirty: this.dirty, words: Math.min(words, need), pages };
+  }
+
   private query(cpu: number, query: VcpuQuery): Promise<unknown> {
     const slot = this.slots[cpu];
     if (!slot) return Promise.reject(new RangeError(`no vCPU ${cpu} (this VM has ${this.vcpuCount})`));
-    if (!slot.worker || slot.outcome) {
+    // A vCPU that has ended, or is blocked in a main-thread hypercall (maybe the very one asking),
+    // is outside KVM_RUN, so its fd answers directly; its own thread could not.
+    if (!slot.worker || slot.outcome || Atomics.load(slot.ctl, CTL.CALL_STATE) === CALL_WAITING) {
       try {
         return Promise.resolve(answerQuery(slot.fd, query));
       } catch (e) {
@@ -371,6 +438,7 @@ export class Vm extends EventEmitter {
     this.runStats?.kvm?.vcpuStats.forEach((s) => s.close());
     for (const slot of this.slots) slot.fd.close();
     this.memory.close();
+    if (this.dirty) sys.munmap(this.dirty.addr, this.dirty.size);
     this.vmFd.close();
     this.kvm.close();
   }
