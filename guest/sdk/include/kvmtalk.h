@@ -38,6 +38,8 @@ extern "C" {
 #define KT_HC_NOP        23 /* bare round trip */
 #define KT_HC_BENCH_MARK 24 /* a0 = mark id; host records a timestamp */
 #define KT_HC_CONSOLE_WRITE 25 /* a0 = GPA of bytes, a1 = length: written to the serial console */
+#define KT_HC_FLUSH_TLB  26 /* flushes the calling vCPU's TLB (CPL3 cannot run INVLPG) */
+#define KT_HC_GPA_TO_HPA 60 /* a0 = GPA; RAX = HPA of its 4 KiB host page, RDX = PFN, RSI = flags */
 
 /* Numbers from here up belong to handlers the host registers at run time. */
 #define KT_HC_USER_BASE 256
@@ -222,5 +224,8 @@ int strncmp(const char *a, const char *b, size_t n);
 #ifdef __cplusplus
 }
 #endif
+
+/* Page tables and address translation: kt_walk, kt_map_page, kt_va_to_hpa, ... */
+#include <kvmtalk/paging.h>
 
 #endif /* KVMTALK_H */
