@@ -19,3 +19,8 @@ export { exitReasonName, EXIT } from './kvm/exit-reasons.js';
 export { disassemble } from './vmm/disassemble.js';
 export { compileGuest, buildSdk } from './sdk/toolchain.js';
 export type { PioDevice, MmioDevice, DeviceHost } from './devices/device.js';
+export { translateChain, translateChainSync, type TranslationChain } from './translate/chain.js';
+export { renderChain, chainJson } from './translate/render.js';
+export { EptView } from './translate/ept-view.js';
+export { walk, walkFast, decodeFlags, formatFlags, FastWalker, PageTableBuilder } from './translate/page-walk.js';
+export { Pagemap, gpaToHva, translateGpa, type HostPageInfo } from './translate/host-pages.js';

@@ -3,7 +3,7 @@
  * definitions so each number carries its struct size (checked against gcc by the layout test).
  */
 import {
-  kvm_cpuid2, kvm_enable_cap, kvm_irq_level, kvm_irqfd, kvm_ioeventfd, kvm_mp_state, kvm_msi, kvm_regs,
+  kvm_clear_dirty_log, kvm_cpuid2, kvm_dirty_log, kvm_enable_cap, kvm_irq_level, kvm_irqfd, kvm_ioeventfd, kvm_mp_state, kvm_msi, kvm_regs,
   kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xen_hvm_config, sizeOf,
 } from './structs.js';
 
@@ -29,6 +29,7 @@ export const KVM = {
   GET_VCPU_MMAP_SIZE: io(0x04),
   GET_SUPPORTED_CPUID: iowr(0x05, sizeOf(kvm_cpuid2)),
   CREATE_VCPU: io(0x41),
+  GET_DIRTY_LOG: iow(0x42, sizeOf(kvm_dirty_log)),
   SET_USER_MEMORY_REGION: iow(0x46, sizeOf(kvm_userspace_memory_region)),
   SET_TSS_ADDR: io(0x47),
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
@@ -48,6 +49,7 @@ export const KVM = {
   GET_VCPU_EVENTS: ior(0x9f, sizeOf(kvm_vcpu_events)),
   ENABLE_CAP: iow(0xa3, sizeOf(kvm_enable_cap)),
   SIGNAL_MSI: iow(0xa5, sizeOf(kvm_msi)),
+  CLEAR_DIRTY_LOG: iowr(0xc0, sizeOf(kvm_clear_dirty_log)),
   GET_STATS_FD: io(0xce),
 } as const;
 
@@ -87,3 +89,10 @@ export const SYNC_X86_EVENTS = 4;
 /** `KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL`: VMCALL exits to userspace as KVM_EXIT_XEN. */
 export const XEN_HVM_CONFIG_INTERCEPT_HCALL = 1 << 1;
 export const EXIT_XEN_HCALL = 1;
+
+/** `kvm_userspace_memory_region.flags`: log guest writes to the slot (KVM_GET_DIRTY_LOG). */
+export const MEM_LOG_DIRTY_PAGES = 1;
+/** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 argument bit: KVM_GET_DIRTY_LOG no longer clears or re-protects; KVM_CLEAR_DIRTY_LOG does. */
+export const DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
+/** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 argument bit: logging starts with every page dirty and none write-protected. */
+export const DIRTY_LOG_INITIALLY_SET = 2;

@@ -97,6 +97,13 @@ export const kvm_userspace_memory_region = koffi.struct('kvm_userspace_memory_re
   slot: u32, flags: u32, guest_phys_addr: u64, memory_size: u64, userspace_addr: u64,
 });
 
+/** `dirty_bitmap` is C's anonymous `union { void *dirty_bitmap; __u64 padding2; }`: a user address. */
+export const kvm_dirty_log = koffi.struct('kvm_dirty_log', { slot: u32, padding1: u32, dirty_bitmap: u64 });
+/** As {@link kvm_dirty_log}, `dirty_bitmap` is a user address (C's anonymous union). */
+export const kvm_clear_dirty_log = koffi.struct('kvm_clear_dirty_log', {
+  slot: u32, num_pages: u32, first_page: u64, dirty_bitmap: u64,
+});
+
 export const kvm_cpuid_entry2 = koffi.struct('kvm_cpuid_entry2', {
   function: u32, index: u32, flags: u32, eax: u32, ebx: u32, ecx: u32, edx: u32, padding: koffi.array(u32, 3),
 });

@@ -344,7 +344,7 @@ export class Vm extends EventEmitter {
     if (!region) throw new RangeError(`no memslot ${slot}`);
     const pages = region.size / 4096;
     const need = Math.ceil(pages / 64);
-    if (words * 8 > this.dirty.size) throw new RangeError(`a dirty bitmap of memslot ${slot} has at most ${need} words`);
+    if (words * 8 > this.dirty.size) throw new RangeError(`a dirty bitmap of memslot ${slot} needs ${need} words, not ${words}`);
     return { dirty: this.dirty, words: Math.min(words, need), pages };
   }
 

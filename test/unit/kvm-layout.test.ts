@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import koffi, { type TypeObject } from 'koffi';
 import { EXIT } from '../../src/kvm/exit-reasons.js';
 import {
-  CAP, EXIT_XEN_HCALL, KVM, SYNC_X86_EVENTS, SYNC_X86_REGS, SYNC_X86_SREGS, XEN_HVM_CONFIG_INTERCEPT_HCALL,
+  CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, EXIT_XEN_HCALL, KVM, MEM_LOG_DIRTY_PAGES, SYNC_X86_EVENTS,
+  SYNC_X86_REGS, SYNC_X86_SREGS, XEN_HVM_CONFIG_INTERCEPT_HCALL,
 } from '../../src/kvm/ioctls.js';
 import * as structs from '../../src/kvm/structs.js';
 
@@ -162,12 +163,15 @@ test('exit reasons match <linux/kvm.h>', async (t) => {
   await compare(t, 'exit', new Map(Object.entries(EXIT).map(([k, v]) => [`KVM_EXIT_${k}`, v])));
 });
 
-test('sync-regs and Xen constants match <linux/kvm.h>', async (t) => {
+test('sync-regs, Xen and dirty-log constants match <linux/kvm.h>', async (t) => {
   await compare(t, 'const', new Map([
     ['KVM_SYNC_X86_REGS', SYNC_X86_REGS],
     ['KVM_SYNC_X86_SREGS', SYNC_X86_SREGS],
     ['KVM_SYNC_X86_EVENTS', SYNC_X86_EVENTS],
     ['KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL', XEN_HVM_CONFIG_INTERCEPT_HCALL],
     ['KVM_EXIT_XEN_HCALL', EXIT_XEN_HCALL],
+    ['KVM_MEM_LOG_DIRTY_PAGES', MEM_LOG_DIRTY_PAGES],
+    ['KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE', DIRTY_LOG_MANUAL_PROTECT_ENABLE],
+    ['KVM_DIRTY_LOG_INITIALLY_SET', DIRTY_LOG_INITIALLY_SET],
   ]));
 });

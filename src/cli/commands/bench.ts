@@ -5,6 +5,7 @@
 import type { Command } from 'commander';
 import { formatHypercallTable, runHypercallBench } from '../../bench/hypercall.js';
 import { toJson, writeBenchResults } from '../../bench/report.js';
+import { formatTranslateTable, runTranslateBench } from '../../bench/translate.js';
 import { reportError, UsageError } from '../errors.js';
 
 /** Options every benchmark understands (each may ignore what does not apply). */
@@ -33,6 +34,15 @@ export const BENCHMARKS: BenchmarkEntry[] = [
     async run(opts) {
       const result = await runHypercallBench(opts);
       return { result, table: formatHypercallTable(result) };
+    },
+  },
+  {
+    name: 'translate',
+    description: 'full-chain address translation GVA→GPA→HVA→HPA per second: TS uncached and cached against C',
+    options: { rounds: true, iterations: true },
+    async run(opts) {
+      const result = await runTranslateBench(opts);
+      return { result, table: formatTranslateTable(result) };
     },
   },
 ];
