@@ -16,7 +16,7 @@
  *     the same canonical check, the same fast-path tests on table pointers and 4 KiB leaves, and
  *     for anything else (here: 2 MiB leaves) the same classifier (x86Classify, x86-paging.ts);
  *   - GPA -> HVA by memslot arithmetic;
- *   - HVA -> host page as Pagemap.lookupInto (host-pages.ts): one pread of /proc/self/pagemap, one
+ *   - HVA -> host page as Pagemap.probe (host-pages.ts): one pread of /proc/self/pagemap, one
  *     of /proc/kpageflags for a present page, and for compound pages the same PAGEMAP_SCAN and
  *     head/order searches.
  *
@@ -205,7 +205,7 @@ static inline int64_t walk_translate(uint64_t root, uint32_t hi, uint32_t lo)
 	return continue_at(elo, ehi, hi, lo, level);
 }
 
-/* ---- Host stage: Pagemap.lookupInto -------------------------------------------------------- */
+/* ---- Host stage: Pagemap.probe ------------------------------------------------------------ */
 
 #define KPF_COMPOUND_HEAD 15
 #define KPF_COMPOUND_TAIL 16

@@ -10,7 +10,7 @@
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { FastWalker } from './fast-walk.js';
 import type { X86Format } from './format.js';
-import { emptyHostPageInfo, type Pagemap } from './host-pages.js';
+import { emptyHostPageFacts, type Pagemap } from './host-pages.js';
 import { ByteMemory } from './phys-memory.js';
 
 /** One GVA followed to its host page ({@link FastChain.translate}). */
@@ -80,7 +80,7 @@ export class FastChain {
   readonly reader: ByteMemory;
   readonly format: X86Format;
   private root = 0;
-  private readonly host = emptyHostPageInfo();
+  private readonly host = emptyHostPageFacts();
   // Memslots as parallel Number arrays, so the GPA → HVA step allocates nothing.
   private readonly slotGpa: number[];
   private readonly slotEnd: number[];
@@ -164,19 +164,13 @@ export class FastChain {
 
   /** HVA → host page: fills the host fields of `out`. */
   hostInto(hva: number, out: ChainResult): void {
-    const h = this.pagemap.lookupInto(BigInt(hva), this.host);
+    const h = this.pagemap.probe(hva, this.host);
     out.hostPresent = h.present;
     out.hostPageSize = h.pageSize;
     // Without page flags a hugetlb page's size is still known: the whole backing is huge pages.
     if (h.present && this.hugetlb && h.folioOrder === undefined) out.hostPageSize = this.backingPageSize;
-    if (h.pfn === undefined) {
-      out.pfn = -1;
-      out.hpa = -1;
-    } else {
-      const pfn = Number(h.pfn);
-      out.pfn = pfn;
-      out.hpa = pfn * 4096 + (hva % 4096);
-    }
+    out.pfn = h.pfn;
+    out.hpa = h.pfn < 0 ? -1 : h.pfn * 4096 + (hva % 4096);
   }
 }
 

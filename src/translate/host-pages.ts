@@ -81,6 +81,17 @@ export function pagemapPfn(entry: bigint): bigint | undefined {
   return (entry & PAGEMAP.PRESENT) === 0n ? undefined : entry & PAGEMAP.PFN_MASK;
 }
 
+/** {@link HostPageInfo} with Number fields for hot paths: `pfn` is -1 when absent or hidden. */
+export type HostPageFacts = Omit<HostPageInfo, 'hva' | 'pfn' | 'hpa'> & { pfn: number };
+
+/** A fresh, not-present {@link HostPageFacts} for {@link Pagemap.probe}. */
+export function emptyHostPageFacts(): HostPageFacts {
+  return {
+    present: false, swapped: false, exclusive: false, file: false, pfn: -1, pageSize: 4096, thp: false, hugetlb: false,
+    compoundHead: false, compoundTail: false, folioOrder: undefined, pfnHidden: false, reason: undefined,
+  };
+}
+
 /** A fresh, not-present {@link HostPageInfo} for {@link Pagemap.lookupInto}. */
 export function emptyHostPageInfo(): HostPageInfo {
   return {
@@ -113,6 +124,7 @@ export class Pagemap {
   private readonly pagemapFd: number;
   private readonly kpageflagsFd: number;
   private readonly buf = new Uint8Array(8);
+  private readonly facts = emptyHostPageFacts();
   private readonly dv = new DataView(this.buf.buffer);
   /** struct pm_scan_arg, and a one-entry page_region vector at a fixed address, for PAGEMAP_SCAN. */
   private readonly scanArg = new BigUint64Array(PM_SCAN_ARG_SIZE / 8);
@@ -139,8 +151,30 @@ export class Pagemap {
     return this.lookupInto(hva, emptyHostPageInfo());
   }
 
+  /** Like {@link lookup}, filling `out` (every field is overwritten). See {@link probe} for the rules. */
+  lookupInto(hva: bigint, out: HostPageInfo): HostPageInfo {
+    const f = this.probe(Number(hva), this.facts);
+    out.hva = hva;
+    out.present = f.present;
+    out.swapped = f.swapped;
+    out.file = f.file;
+    out.exclusive = f.exclusive;
+    out.pfn = f.pfn >= 0 ? BigInt(f.pfn) : undefined;
+    out.hpa = f.pfn >= 0 ? (BigInt(f.pfn) << 12n) | (hva & 0xfffn) : undefined;
+    out.pageSize = f.pageSize;
+    out.thp = f.thp;
+    out.hugetlb = f.hugetlb;
+    out.compoundHead = f.compoundHead;
+    out.compoundTail = f.compoundTail;
+    out.folioOrder = f.folioOrder;
+    out.pfnHidden = f.pfnHidden;
+    out.reason = f.reason;
+    return out;
+  }
+
   /**
-   * Like {@link lookup}, filling `out` (every field is overwritten) to avoid allocating.
+   * The host page at `hva` (a Number: user addresses are below 2^47), with Number fields only:
+   * the fast path for bulk translation, where BigInt conversions cost as much as a system call.
    *
    * Page size is the size of the host mapping: a hugetlb page's size follows from its folio order
    * (2 MiB or 1 GiB); a THP counts as 2 MiB when it is PMD-mapped, which PAGEMAP_SCAN's
@@ -154,15 +188,13 @@ export class Pagemap {
    * are at least order 9 on x86-64, so their search starts there). Flags are read without locking:
    * a folio split between reads can give a stale answer.
    */
-  lookupInto(hva: bigint, out: HostPageInfo): HostPageInfo {
-    out.hva = hva;
-    out.pfn = undefined;
-    out.hpa = undefined;
+  probe(hva: number, out: HostPageFacts): HostPageFacts {
+    out.pfn = -1;
     out.pageSize = 4096;
     out.thp = out.hugetlb = out.compoundHead = out.compoundTail = out.pfnHidden = false;
     out.folioOrder = undefined;
     out.reason = undefined;
-    const vpn = Number(hva >> 12n);
+    const vpn = Math.floor(hva / 4096);
     const n = sys.pread(this.pagemapFd, this.buf, vpn * 8);
     const lo = n === 8 ? this.dv.getUint32(0, true) : 0;
     const hi = n === 8 ? this.dv.getUint32(4, true) : 0;
@@ -178,8 +210,7 @@ export class Pagemap {
       return out;
     }
     const pfn = pfnHi * TWO32 + lo; // exact: real PFNs are far below 2^53
-    out.pfn = BigInt(pfn);
-    out.hpa = (out.pfn << 12n) | (hva & 0xfffn);
+    out.pfn = pfn;
     if (this.kpageflagsFd < 0) {
       out.reason = this.flagsUnavailable;
       return out;
@@ -194,7 +225,7 @@ export class Pagemap {
       return out;
     }
     // A PMD maps a 2 MiB-aligned physical block at a 2 MiB-aligned HVA, so misaligned pages need no scan.
-    const pmdMapped = !out.thp ? undefined : vpn % 512 !== pfn % 512 ? false : this.pmdMapped(hva);
+    const pmdMapped = !out.thp ? undefined : vpn % 512 !== pfn % 512 ? false : this.pmdMapped(BigInt(hva));
     let head = pfn - (vpn % 512);
     let order = 9;
     if (pmdMapped !== true || head % 512 !== 0) {
