@@ -30,13 +30,12 @@
  * The CPU time leaves out time spent waiting for a CPU; the TS side measures the same interval
  * (src/bench/hypercall-handler.ts).
  *
- * Build: gcc -O2 -Wall -Wextra -o hypercall-baseline hypercall-baseline.c
+ * Build, from the repository root: gcc -O2 -Wall -Wextra -I bench/c -o hypercall-baseline bench/c/hypercall-baseline.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +45,9 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#define BENCH_PROG "hypercall-baseline"
+#include "bench-common.h"
 
 #define PORT_HYPERCALL 0xe0
 #define PORT_DEBUG_EXIT 0xf4
@@ -62,35 +64,6 @@
 
 #define TSS_ADDR 0xfffbd000UL
 #define PAGE 4096UL
-
-static const char *prog = "hypercall-baseline";
-
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(2);
-}
-
-static uint64_t clock_ns(clockid_t clock)
-{
-	struct timespec ts;
-
-	clock_gettime(clock, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t now_ns(void)
-{
-	return clock_ns(CLOCK_MONOTONIC);
-}
 
 static int xioctl(int fd, unsigned long req, unsigned long arg, const char *name)
 {

@@ -28,12 +28,11 @@
  *   {"chain_per_s", "walk_per_s", "chain_ns", "walk_ns", "gvas", "gpa_sum", "pfn_sum", "present",
  *    "syscalls_per_translation", "sink"}
  *
- * Build: gcc -O2 -Wall -Wextra -o translate-baseline translate-baseline.c
+ * Build, from the repository root: gcc -O2 -Wall -Wextra -I bench/c -o translate-baseline bench/c/translate-baseline.c
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,34 +40,12 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
+#define BENCH_PROG "translate-baseline"
+#include "bench-common.h"
+
 #define HUGE_2M (2UL * 1024 * 1024)
-
-static const char *prog = "translate-baseline";
-
-static void die(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
-
-static void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "%s: ", prog);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(2);
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 /* ---- Guest stage: FastWalker.translate for x86, 4 levels, NXE clear, MAXPHYADDR 46 ------ */
 

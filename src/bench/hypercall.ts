@@ -8,17 +8,16 @@
  * handler (`Vm.handleHypercall`) for information. Absolute times drift a lot on shared machines,
  * so the headline figure is the median of the per-round TS/C ratios.
  */
-import { execFile, spawnSync } from 'node:child_process';
-import {
-  closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync,
-} from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { HC_USER_BASE } from '../hypercall/abi.js';
 import { loadImageFile, type LoadedImage } from '../loader/image.js';
-import { buildGuests, guestPath, sdkRoot } from '../sdk/toolchain.js';
+import { buildGuests, guestPath } from '../sdk/toolchain.js';
 import { Vm } from '../vmm/vm.js';
-import { formatTable } from './report.js';
+import { buildCBaseline, runCBaseline } from './baseline.js';
+import { formatTable, hostInfo, type HostInfo } from './report.js';
+import { median, round1, round2, round3 } from './stats.js';
 
 /** Options of {@link runHypercallBench}. */
 export interface HypercallBenchOptions {
@@ -89,7 +88,7 @@ export interface HypercallBenchResult {
    */
   rss_mb: { ts: number; c: number; ts_idle: number };
   per_round: HypercallRound[];
-  host: { kernel: string; cpu: string; cores: number; node: string; date: string };
+  host: HostInfo;
 }
 
 const DEFAULT_ROUNDS = 7;
@@ -130,7 +129,7 @@ export async function runHypercallBench(opts: HypercallBenchOptions = {}): Promi
 
   const idleRss = process.memoryUsage.rss();
   buildGuests({ log });
-  const baseline = buildBaseline(log);
+  const baseline = buildCBaseline('hypercall-baseline', log);
   const image = loadImageFile(guestPath('tests', 'bench-hypercall'));
   const stateDir = mkdtempSync(join(os.tmpdir(), 'kvmtalk-bench-'));
   try {
@@ -267,37 +266,7 @@ async function runTs(image: LoadedImage, n: number, handler: 'module' | 'main-th
 
 /** One run of the C baseline on the boot state in `stateDir`. */
 function runC(binary: string, stateDir: string, n: number): Promise<BaselineOutput> {
-  return new Promise((resolve, reject) => {
-    execFile(binary, [stateDir, String(n)], { encoding: 'utf8' }, (err, stdout, stderr) => {
-      if (err) return reject(new Error(`C baseline failed: ${stderr.trim().split('\n')[0] || err.message}`));
-      try {
-        resolve(JSON.parse(stdout.trim().split('\n').pop()!) as BaselineOutput);
-      } catch {
-        reject(new Error(`C baseline printed no JSON: ${stdout.trim().slice(0, 200)}`));
-      }
-    });
-  });
-}
-
-/** Compiles bench/c/hypercall-baseline.c into guest/build/bench/ unless it is up to date. */
-function buildBaseline(log: (s: string) => void): string {
-  const source = join(dirname(sdkRoot()), 'bench', 'c', 'hypercall-baseline.c');
-  const outDir = join(sdkRoot(), 'build', 'bench');
-  const binary = join(outDir, 'hypercall-baseline');
-  if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(source).mtimeMs) return binary;
-  log('cc bench/c/hypercall-baseline.c');
-  mkdirSync(outDir, { recursive: true });
-  const tmp = `${binary}.${process.pid}.tmp`;
-  try {
-    const r = spawnSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', tmp, source], { encoding: 'utf8' });
-    if (r.error) throw new Error(`cannot run gcc: ${r.error.message}`);
-    if (r.status !== 0) throw new Error(`gcc failed on ${source}: ${r.stderr.trim().split('\n')[0]}`);
-    if (r.stderr.trim()) log(r.stderr.trim());
-    renameSync(tmp, binary);
-  } finally {
-    rmSync(tmp, { force: true });
-  }
-  return binary;
+  return runCBaseline<BaselineOutput>(binary, [stateDir, String(n)]);
 }
 
 /**
@@ -331,25 +300,3 @@ function writeBootState(image: LoadedImage, dir: string): void {
     vm.close();
   }
 }
-
-function hostInfo(): HypercallBenchResult['host'] {
-  let cpu = os.cpus()[0]?.model ?? 'unknown';
-  try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
-    if (m) cpu = m[1].trim();
-  } catch {
-    // keep os.cpus()'s model
-  }
-  return { kernel: os.release(), cpu, cores: os.cpus().length, node: process.version, date: new Date().toISOString() };
-}
-
-/** Median of a non-empty list. */
-export function median(values: number[]): number {
-  const s = [...values].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
-}
-
-const round1 = (v: number) => Math.round(v * 10) / 10;
-const round2 = (v: number) => Math.round(v * 100) / 100;
-const round3 = (v: number) => Math.round(v * 1000) / 1000;

@@ -1,10 +1,33 @@
 /**
- * Benchmark output: aligned markdown-style tables and the `bench-results/` files every benchmark
- * writes (`<name>.json` for machines, `<name>.md` for people).
+ * Benchmark output: aligned markdown-style tables, the host facts every result records, and the
+ * `bench-results/` files every benchmark writes (`<name>.json` for machines, `<name>.md` for people).
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { sdkRoot } from '../sdk/toolchain.js';
+
+/** The machine a result was measured on, recorded with every result. */
+export interface HostInfo {
+  kernel: string;
+  cpu: string;
+  cores: number;
+  node: string;
+  /** When the result was made (ISO 8601). */
+  date: string;
+}
+
+/** This machine's {@link HostInfo}, dated now. */
+export function hostInfo(): HostInfo {
+  let cpu = os.cpus()[0]?.model ?? 'unknown';
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
+    if (m) cpu = m[1].trim();
+  } catch {
+    // keep os.cpus()'s model
+  }
+  return { kernel: os.release(), cpu, cores: os.cpus().length, node: process.version, date: new Date().toISOString() };
+}
 
 /** Where {@link writeBenchResults} wrote. */
 export interface BenchFiles {

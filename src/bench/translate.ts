@@ -13,19 +13,19 @@
  * checksum pass (sum of GPAs and PFNs) proves it before any timing. Rounds alternate which side
  * runs first; the headline figures are medians, the ratio the median of per-round ratios.
  */
-import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { loadImageFile } from '../loader/image.js';
-import { buildGuests, guestPath, sdkRoot } from '../sdk/toolchain.js';
-import { emptyChainResult, FastChain, x86FormatOf, type ChainResult } from '../translate/fast-chain.js';
+import { buildGuests, guestPath } from '../sdk/toolchain.js';
+import { emptyChainResult, FastChain, x86FormatOf, type ChainResult, type PartsTranslator } from '../translate/fast-chain.js';
 import type { FastWalker } from '../translate/fast-walk.js';
 import { Pagemap } from '../translate/host-pages.js';
 import { TranslationCache, VmDirtyLog } from '../translate/translation-cache.js';
 import { Vm } from '../vmm/vm.js';
-import { median } from './hypercall.js';
-import { formatTable } from './report.js';
+import { buildCBaseline, runCBaseline } from './baseline.js';
+import { formatTable, hostInfo, type HostInfo } from './report.js';
+import { median, round3 } from './stats.js';
 
 /** Options of {@link runTranslateBench}. */
 export interface TranslateBenchOptions {
@@ -83,7 +83,7 @@ export interface TranslateBenchResult {
   /** The translation cache in the timed cached runs. */
   cache: { dirty_log_mode: string; syncs_per_run: number; hits_per_run: number; misses_per_run: number };
   per_round: TranslateRound[];
-  host: { kernel: string; cpu: string; cores: number; node: string; date: string };
+  host: HostInfo;
 }
 
 const DEFAULT_ROUNDS = 7;
@@ -120,7 +120,7 @@ export async function runTranslateBench(opts: TranslateBenchOptions = {}): Promi
   const log = opts.log ?? (() => {});
 
   buildGuests({ log });
-  const baseline = buildBaseline(log);
+  const baseline = buildCBaseline('translate-baseline', log);
   const vm = Vm.create({ memory: GUEST_MEMORY, console: 'capture', log: () => {} });
   const pagemap = new Pagemap();
   const dir = mkdtempSync(join(os.tmpdir(), 'kvmtalk-bench-translate-'));
@@ -141,7 +141,7 @@ export async function runTranslateBench(opts: TranslateBenchOptions = {}): Promi
     const gvaFile = join(dir, 'gvas.bin');
     writeFileSync(gvaFile, new Uint8Array(bytes.buffer));
     const cArgs = [`/proc/${process.pid}/fd/${region.fd}`, String(ram.size), `0x${sregs.cr3.toString(16)}`, gvaFile];
-    const runC = (n: number) => runBaseline(baseline, [...cArgs, String(n), String(n * WALK_FACTOR)]);
+    const runC = (n: number) => runCBaseline<BaselineOutput>(baseline, [...cArgs, String(n), String(n * WALK_FACTOR)]);
 
     const sums = checksums(chain, gvas);
     const dirtyLog = new VmDirtyLog(vm);
@@ -151,8 +151,8 @@ export async function runTranslateBench(opts: TranslateBenchOptions = {}): Promi
 
     log(`warm-up; ${gvas.his.length} GVAs (${sums.small} in 4 KiB pages), host pages of ${sums.hostPageSize} bytes`);
     const warm = Math.max(1000, Math.floor(iterations / 10));
-    timeChain(chain, gvas, warm);
-    timeCached(cache, gvas, warm);
+    timeTranslations(chain, gvas, warm);
+    timeTranslations(cache, gvas, warm);
     timeWalk(chain.walker, chain.rootGpa, gvas, warm * WALK_FACTOR);
     const check = await runC(warm);
     if (check.gpa_sum !== sums.gpaSum || check.pfn_sum !== sums.pfnSum || check.present !== sums.present || check.gvas !== gvas.his.length) {
@@ -167,14 +167,14 @@ export async function runTranslateBench(opts: TranslateBenchOptions = {}): Promi
       let c: BaselineOutput;
       let ts: number;
       if (tsFirst) {
-        ts = timeChain(chain, gvas, iterations);
+        ts = timeTranslations(chain, gvas, iterations);
         c = await runC(iterations);
       } else {
         c = await runC(iterations);
-        ts = timeChain(chain, gvas, iterations);
+        ts = timeTranslations(chain, gvas, iterations);
       }
       const before = cache.stats();
-      const cached = timeCached(cache, gvas, iterations * CACHED_FACTOR);
+      const cached = timeTranslations(cache, gvas, iterations * CACHED_FACTOR);
       const after = cache.stats();
       cacheRun = { syncs: after.syncs - before.syncs, hits: after.hits - before.hits, misses: after.misses - before.misses };
       const walk = timeWalk(chain.walker, chain.rootGpa, gvas, iterations * WALK_FACTOR);
@@ -302,37 +302,19 @@ function checksums(chain: FastChain, g: GvaList): { gpaSum: number; pfnSum: numb
   return { gpaSum, pfnSum, present, small, hostPageSize };
 }
 
-// The timed loops: one function each, so V8 optimizes each for its one call site.
-
-/** FastChain translations per second. */
-function timeChain(chain: FastChain, g: GvaList, n: number): number {
+/** Full-chain translations per second through `t`: a {@link FastChain}, or a {@link TranslationCache}'s lookups. */
+function timeTranslations(t: PartsTranslator, g: GvaList, n: number): number {
   const out: ChainResult = emptyChainResult();
   const { his, los } = g;
   let sink = 0;
   let k = 0;
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
-    if (chain.translateParts(his[k], los[k], out)) sink += out.hpa;
+    if (t.translateParts(his[k], los[k], out)) sink += out.hpa;
     if (++k === his.length) k = 0;
   }
   const ms = performance.now() - t0;
   if (sink === -1) throw new Error('unreachable'); // keeps the results alive
-  return (n * 1000) / ms;
-}
-
-/** TranslationCache lookups per second. */
-function timeCached(cache: TranslationCache, g: GvaList, n: number): number {
-  const out: ChainResult = emptyChainResult();
-  const { his, los } = g;
-  let sink = 0;
-  let k = 0;
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) {
-    if (cache.translateParts(his[k], los[k], out)) sink += out.hpa;
-    if (++k === his.length) k = 0;
-  }
-  const ms = performance.now() - t0;
-  if (sink === -1) throw new Error('unreachable');
   return (n * 1000) / ms;
 }
 
@@ -351,51 +333,4 @@ function timeWalk(walker: FastWalker, root: number, g: GvaList, n: number): numb
   return (n * 1000) / ms;
 }
 
-/** One run of the C baseline. */
-function runBaseline(binary: string, args: string[]): Promise<BaselineOutput> {
-  return new Promise((resolve, reject) => {
-    execFile(binary, args, { encoding: 'utf8' }, (err, stdout, stderr) => {
-      if (err) return reject(new Error(`C baseline failed: ${stderr.trim().split('\n')[0] || err.message}`));
-      try {
-        resolve(JSON.parse(stdout.trim().split('\n').pop()!) as BaselineOutput);
-      } catch {
-        reject(new Error(`C baseline printed no JSON: ${stdout.trim().slice(0, 200)}`));
-      }
-    });
-  });
-}
-
-/** Compiles bench/c/translate-baseline.c into guest/build/bench/ unless it is up to date. */
-function buildBaseline(log: (s: string) => void): string {
-  const source = join(dirname(sdkRoot()), 'bench', 'c', 'translate-baseline.c');
-  const outDir = join(sdkRoot(), 'build', 'bench');
-  const binary = join(outDir, 'translate-baseline');
-  if (existsSync(binary) && statSync(binary).mtimeMs >= statSync(source).mtimeMs) return binary;
-  log('cc bench/c/translate-baseline.c');
-  mkdirSync(outDir, { recursive: true });
-  const tmp = `${binary}.${process.pid}.tmp`;
-  try {
-    const r = spawnSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', tmp, source], { encoding: 'utf8' });
-    if (r.error) throw new Error(`cannot run gcc: ${r.error.message}`);
-    if (r.status !== 0) throw new Error(`gcc failed on ${source}: ${r.stderr.trim().split('\n')[0]}`);
-    if (r.stderr.trim()) log(r.stderr.trim());
-    renameSync(tmp, binary);
-  } finally {
-    rmSync(tmp, { force: true });
-  }
-  return binary;
-}
-
-function hostInfo(): TranslateBenchResult['host'] {
-  let cpu = os.cpus()[0]?.model ?? 'unknown';
-  try {
-    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'));
-    if (m) cpu = m[1].trim();
-  } catch {
-    // keep os.cpus()'s model
-  }
-  return { kernel: os.release(), cpu, cores: os.cpus().length, node: process.version, date: new Date().toISOString() };
-}
-
 const fmt = (v: number) => Math.round(v).toLocaleString('en-US');
-const round3 = (v: number) => Math.round(v * 1000) / 1000;

@@ -1,6 +1,12 @@
-/** Parsers for CLI option values; each throws UsageError with a message naming the option. */
+/**
+ * Parsers for CLI option values; each throws UsageError with a message naming the option. Also
+ * the image and VM options `run` and `translate` share: declared once, parsed once.
+ */
+import type { Command } from 'commander';
+import { IMAGE_BASE } from '../arch/x86/layout.js';
 import { REG, type RegName } from '../kvm/kvm-run.js';
-import { parseSize } from '../memory/guest-memory.js';
+import { loadImageFile, type LoadedImage } from '../loader/image.js';
+import { MEMORY_BACKINGS, parseSize, type MemoryBacking } from '../memory/guest-memory.js';
 import { UsageError } from './errors.js';
 
 /** `0x1000`, `4096`, `0b101` → BigInt. */
@@ -96,4 +102,51 @@ export function parseImageOptions(o: ImageOptionText, imageBase: bigint): ImageO
   const loadAddr = o.loadAddr !== undefined ? parseAddress(o.loadAddr, '--load-addr') : mode === 'long' ? imageBase : 0x1000n;
   const entry = o.entry !== undefined ? parseAddress(o.entry, '--entry') : undefined;
   return { format, mode, loadAddr, entry };
+}
+
+/**
+ * Adds the image and VM options `run` and `translate` share to `cmd`: --format, --mode,
+ * --load-addr, --entry, --mem, --memory-backing, --vcpus and --cpl. Returns `cmd`.
+ */
+export function addImageOptions(cmd: Command): Command {
+  return cmd
+    .option('--format <fmt>', 'image format: elf, raw or auto', 'auto')
+    .option('--mode <mode>', 'long (64-bit, set up by the VMM) or real (16-bit); default: long for ELF, real for raw')
+    .option('--load-addr <addr>', 'guest-physical load address of a raw image (default 0x1000 in real mode, 0x400000 in long mode)')
+    .option('--entry <addr>', 'entry point (default: the ELF entry, or the raw load address)')
+    .option('--mem <size>', 'guest RAM', '64M')
+    .option('--memory-backing <kind>', 'host backing of guest RAM: shmem (memfd, 4 KiB pages), thp (transparent 2 MiB pages) or hugetlb (2 MiB pages from the hugetlb pool)', 'shmem')
+    .option('--vcpus <n>', 'number of vCPUs', '1')
+    .option('--cpl <0|3>', 'long mode: privilege level of guest code', '3');
+}
+
+/** The options {@link addImageOptions} declares, as given on the command line. */
+export interface ImageVmOptionText extends ImageOptionText {
+  mem: string;
+  memoryBacking: string;
+  vcpus: string;
+  cpl: string;
+}
+
+/** Parsed {@link ImageVmOptionText}. */
+export interface ImageVmOptionValues extends ImageOptionValues {
+  memory: number;
+  memoryBacking: MemoryBacking;
+  vcpus: number;
+  cpl: 0 | 3;
+}
+
+/** Parses the options {@link addImageOptions} declares; reads no files. */
+export function parseImageVmOptions(o: ImageVmOptionText): ImageVmOptionValues {
+  const vcpus = parseCount(o.vcpus, '--vcpus', 64);
+  const memory = parseMemory(o.mem);
+  const memoryBacking = parseChoice(o.memoryBacking, '--memory-backing', MEMORY_BACKINGS);
+  const cpl = Number(parseChoice(o.cpl, '--cpl', ['0', '3'] as const)) as 0 | 3;
+  return { ...parseImageOptions(o, BigInt(IMAGE_BASE)), memory, memoryBacking, vcpus, cpl };
+}
+
+/** Loads the image at `path` as the parsed options say; `mode` is the one asked for, else long for ELF and real for raw. */
+export function loadImageFromOptions(path: string, v: ImageOptionValues): { image: LoadedImage; mode: 'long' | 'real' } {
+  const image = loadImageFile(path, { format: v.format, loadAddr: v.loadAddr, entry: v.entry });
+  return { image, mode: v.mode ?? (image.format === 'elf' ? 'long' : 'real') };
 }

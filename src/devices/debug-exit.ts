@@ -1,5 +1,5 @@
 /** The debug-exit port (docs/guest-abi.md): how a guest ends the VM with an exit status. */
-import type { DeviceHost, PioDevice } from './device.js';
+import { undrivenPortValue, type DeviceHost, type PioDevice } from './device.js';
 
 /** The port the guest SDK writes its exit status to. */
 export const DEBUG_EXIT_PORT = 0xf4;
@@ -13,7 +13,7 @@ export class DebugExit implements PioDevice {
   readonly name = 'debug-exit';
 
   pioRead(_port: number, size: number, _host?: DeviceHost): number {
-    return size >= 4 ? 0xffffffff : (1 << (8 * size)) - 1;
+    return undrivenPortValue(size);
   }
 
   pioWrite(_port: number, _size: number, value: number, host: DeviceHost): void {

@@ -30,6 +30,11 @@ export interface PioDevice {
   pioWriteString?(port: number, size: number, data: Uint8Array, host: DeviceHost): void;
 }
 
+/** What reading `size` bytes from a port nothing drives gives: all ones (0xff, 0xffff, 0xffffffff). */
+export function undrivenPortValue(size: number): number {
+  return size >= 4 ? 0xffffffff : (1 << (8 * size)) - 1;
+}
+
 /** A device on the MMIO bus. `data` is the 1–8 byte access buffer (little endian). */
 export interface MmioDevice {
   readonly name: string;

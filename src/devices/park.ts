@@ -1,5 +1,5 @@
 /** The park port (docs/guest-abi.md): how one vCPU stops while the others go on. */
-import type { DeviceHost, PioDevice } from './device.js';
+import { undrivenPortValue, type DeviceHost, type PioDevice } from './device.js';
 
 /** The port a guest vCPU writes to stop itself. */
 export const PARK_PORT = 0xf5;
@@ -12,7 +12,7 @@ export class Park implements PioDevice {
   readonly name = 'park';
 
   pioRead(_port: number, size: number, _host?: DeviceHost): number {
-    return size >= 4 ? 0xffffffff : (1 << (8 * size)) - 1;
+    return undrivenPortValue(size);
   }
 
   pioWrite(_port: number, _size: number, _value: number, host: DeviceHost): void {

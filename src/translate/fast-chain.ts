@@ -73,7 +73,7 @@ export function x86FormatOf(regs: PagingRegs, extra: Partial<Pick<X86Format, 'ma
 const TWO32 = 4294967296;
 
 /** Translates GVAs of one address space (one CR3) of one VM's RAM down to host pages. */
-export class FastChain {
+export class FastChain implements PartsTranslator {
   /** The walker, for callers that want the guest stage alone. */
   readonly walker: FastWalker;
   /** Guest RAM as the walker reads it. */
@@ -123,15 +123,12 @@ export class FastChain {
 
   /** Translates `gva`; undefined when the guest does not map it or its GPA is outside every memslot. */
   translate(gva: bigint): FullTranslation | undefined {
-    const out = emptyChainResult();
-    if (!this.translateInto(gva, out)) return undefined;
-    return toFullTranslation(gva, out);
+    return translateGva(this, gva);
   }
 
   /** {@link translate} into `out` (see {@link translateParts}). */
   translateInto(gva: bigint, out: ChainResult): boolean {
-    const a = BigInt.asUintN(64, gva);
-    return this.translateParts(Number(a >> 32n), Number(a & 0xffffffffn), out);
+    return translateGvaInto(this, gva, out);
   }
 
   /**
@@ -172,6 +169,24 @@ export class FastChain {
     out.pfn = h.pfn;
     out.hpa = h.pfn < 0 ? -1 : h.pfn * 4096 + (hva % 4096);
   }
+}
+
+/** Anything that translates GVAs given as 32-bit halves: {@link FastChain}, `TranslationCache`. */
+export interface PartsTranslator {
+  /** See {@link FastChain.translateParts}. */
+  translateParts(hi: number, lo: number, out: ChainResult): boolean;
+}
+
+/** `t.translateParts` of the bigint `gva`, into `out`. */
+export function translateGvaInto(t: PartsTranslator, gva: bigint, out: ChainResult): boolean {
+  const a = BigInt.asUintN(64, gva);
+  return t.translateParts(Number(a >> 32n), Number(a & 0xffffffffn), out);
+}
+
+/** `t.translateParts` of the bigint `gva` as a {@link FullTranslation}; undefined when it does not translate. */
+export function translateGva(t: PartsTranslator, gva: bigint): FullTranslation | undefined {
+  const out = emptyChainResult();
+  return translateGvaInto(t, gva, out) ? toFullTranslation(gva, out) : undefined;
 }
 
 /** The bigint form of a {@link ChainResult} for `gva`. */

@@ -24,7 +24,9 @@
  * - Failed translations (not mapped, outside RAM) are not cached.
  */
 import type { DirtyLogMode, Vm } from '../vmm/vm.js';
-import { emptyChainResult, FastChain, toFullTranslation, x86FormatOf, type ChainResult, type FullTranslation } from './fast-chain.js';
+import {
+  FastChain, translateGva, translateGvaInto, x86FormatOf, type ChainResult, type FullTranslation, type PartsTranslator,
+} from './fast-chain.js';
 import { hiAddrMask, indexAt, physAddrBits, type X86Format } from './format.js';
 import { Pagemap } from './host-pages.js';
 
@@ -157,7 +159,7 @@ export interface VmTranslationCacheOptions extends TranslationCacheOptions {
 }
 
 /** Full translations per guest-virtual 4 KiB page, kept exact through the dirty log; see the module comment. */
-export class TranslationCache {
+export class TranslationCache implements PartsTranslator {
   private readonly entries = new Map<number, Entry>();
   /** Guest-physical page → keys of the entries whose walk read it. */
   private readonly dependents = new Map<number, Set<number>>();
@@ -205,15 +207,12 @@ export class TranslationCache {
 
   /** Translates `gva` (see the module comment for how current the answer is); undefined when it does not translate. */
   translate(gva: bigint): FullTranslation | undefined {
-    const out = emptyChainResult();
-    if (!this.translateInto(gva, out)) return undefined;
-    return toFullTranslation(gva, out);
+    return translateGva(this, gva);
   }
 
   /** {@link translate} into `out`: false when `gva` does not translate. */
   translateInto(gva: bigint, out: ChainResult): boolean {
-    const a = BigInt.asUintN(64, gva);
-    return this.translateParts(Number(a >> 32n), Number(a & 0xffffffffn), out);
+    return translateGvaInto(this, gva, out);
   }
 
   /** {@link translate} of the GVA with unsigned 32-bit halves `hi`:`lo`, into `out`, allocating nothing on a hit. */

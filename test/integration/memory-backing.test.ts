@@ -1,41 +1,19 @@
 /** A real guest on each guest-RAM backing, with the host page size checked through pagemap. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { IMAGE_BASE } from '../../src/arch/x86/layout.js';
-import { HUGE_PAGE_SIZE, hugePagePool, thpSupport, type MemoryBacking } from '../../src/memory/guest-memory.js';
+import { HUGE_PAGE_SIZE, thpSupport, type MemoryBacking } from '../../src/memory/guest-memory.js';
 import { guestPath } from '../../src/sdk/toolchain.js';
 import { Pagemap, translateGpa, type GpaTranslation } from '../../src/translate/host-pages.js';
+import { withHugePages } from '../helpers/hugepages.js';
 import { bootGuest, ensureGuests, requireKvm } from '../helpers/kvm.js';
 
 const MIB = 2 ** 20;
 const RAM = 16 * MIB;
 const isRoot = process.getuid?.() === 0;
 const BIN = fileURLToPath(new URL('../../../bin/kvmtalk.js', import.meta.url));
-
-/**
- * Runs `fn` with at least `pages` free 2 MiB hugetlb pages, growing the pool for the duration when
- * root (and restoring it); returns a skip reason instead when that is impossible.
- */
-async function withHugePages(pages: number, fn: () => Promise<void>): Promise<string | undefined> {
-  const pool = hugePagePool();
-  if (pool.free >= pages) {
-    await fn();
-    return undefined;
-  }
-  if (!isRoot) return `hugetlb pool has ${pool.free} free 2 MiB pages, need ${pages}; growing it needs root`;
-  const before = readFileSync(pool.poolFile, 'utf8').trim();
-  writeFileSync(pool.poolFile, String(pool.total + pages - pool.free));
-  try {
-    if (hugePagePool().free < pages) return `the kernel gave only ${hugePagePool().free} free 2 MiB pages`;
-    await fn();
-    return undefined;
-  } finally {
-    writeFileSync(pool.poolFile, before);
-  }
-}
 
 /** Why `backing` cannot be tested here, or undefined. */
 function thpSkip(backing: MemoryBacking): string | undefined {

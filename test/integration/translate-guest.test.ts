@@ -10,13 +10,13 @@
  * deadlock; the timeout below turns a regression into a failure instead of a hang.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { GPA_TO_HPA_FLAGS, HC_USER_BASE } from '../../src/hypercall/abi.js';
 import type { Translation } from '../../src/kvm/vcpu-fd.js';
-import { HUGE_PAGE_SIZE, hugePagePool, thpSupport, type MemoryBacking } from '../../src/memory/guest-memory.js';
+import { HUGE_PAGE_SIZE, thpSupport, type MemoryBacking } from '../../src/memory/guest-memory.js';
 import { gpaToHva, Pagemap, type HostPageInfo } from '../../src/translate/host-pages.js';
 import { walk, type WalkFault, type WalkOk, type X86Format } from '../../src/translate/page-walk.js';
+import { withHugePages } from '../helpers/hugepages.js';
 import type { BootResult } from '../helpers/kvm.js';
 import { bootGuest, requireKvm } from '../helpers/kvm.js';
 
@@ -195,28 +195,6 @@ test('translate guest: its walks agree with KVM_TRANSLATE and the TS walker, its
   assertHpaProbes(hpa);
   console.log(`queries inside the handler took ${gpa.map((p) => p.queryMs?.toFixed(2)).join(', ')} ms`);
 });
-
-/**
- * Runs `fn` with at least `pages` free 2 MiB hugetlb pages, growing the pool for the duration
- * when root (and restoring it); returns why not instead.
- */
-async function withHugePages(pages: number, fn: () => Promise<void>): Promise<string | undefined> {
-  const pool = hugePagePool();
-  if (pool.free >= pages) {
-    await fn();
-    return undefined;
-  }
-  if (!isRoot) return `hugetlb pool has ${pool.free} free 2 MiB pages, need ${pages}; growing it needs root`;
-  const before = readFileSync(pool.poolFile, 'utf8').trim();
-  writeFileSync(pool.poolFile, String(pool.total + pages - pool.free));
-  try {
-    if (hugePagePool().free < pages) return `the kernel gave only ${hugePagePool().free} free 2 MiB pages`;
-    await fn();
-    return undefined;
-  } finally {
-    writeFileSync(pool.poolFile, before);
-  }
-}
 
 for (const backing of ['thp', 'hugetlb'] as const) {
   test(`translate guest on '${backing}' RAM: KT_HC_GPA_TO_HPA reports huge host pages`, async (t: TestContext) => {

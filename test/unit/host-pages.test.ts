@@ -9,6 +9,7 @@ import {
   GuestMemory, GuestMemoryError, HUGE_PAGE_SIZE, HugePagesUnavailableError, hugePagePool, thpSupport,
 } from '../../src/memory/guest-memory.js';
 import { emptyHostPageInfo, gpaToHva, KPF, Pagemap, translateGpa } from '../../src/translate/host-pages.js';
+import { withHugePagePool, withHugePages } from '../helpers/hugepages.js';
 
 const MIB = 2 ** 20;
 const isRoot = process.getuid?.() === 0;
@@ -125,18 +126,6 @@ test('thp: 2 MiB-aligned memory touched once per 2 MiB is mapped by 2 MiB THPs',
   }
 });
 
-/** Sets the 2 MiB hugetlb pool to `pages` for the duration of `fn` (root only), then restores it. */
-async function withHugePagePool(pages: number, fn: () => void | Promise<void>): Promise<void> {
-  const { poolFile } = hugePagePool();
-  const before = readFileSync(poolFile, 'utf8').trim();
-  writeFileSync(poolFile, String(pages));
-  try {
-    await fn();
-  } finally {
-    writeFileSync(poolFile, before);
-  }
-}
-
 test('hugetlb: 2 MiB pool pages, pre-faulted, with hugetlb flags and 512-aligned PFNs', async (t: TestContext) => {
   const needed = 2;
   const run = (): void => {
@@ -168,22 +157,11 @@ test('hugetlb: 2 MiB pool pages, pre-faulted, with hugetlb flags and 512-aligned
       mem.close();
     }
   };
-  const pool = hugePagePool();
-  if (pool.free >= needed) return run();
-  if (!isRoot) {
-    console.log(`SKIP (hugetlb pool has ${pool.free} free 2 MiB pages, need ${needed}; setting it up needs root)`);
-    t.skip('hugetlb pool too small');
-    return;
+  const reason = await withHugePages(needed, run);
+  if (reason) {
+    console.log(`SKIP (${reason})`);
+    t.skip(reason);
   }
-  await withHugePagePool(pool.total + needed - pool.free, () => {
-    const now = hugePagePool();
-    if (now.free < needed) {
-      console.log(`SKIP (kernel gave only ${now.free} free 2 MiB huge pages)`);
-      t.skip('could not grow hugetlb pool');
-      return;
-    }
-    run();
-  });
 });
 
 test('hugetlb: an empty pool is a clear error at create time; sizes must be multiples of 2 MiB', async (t: TestContext) => {

@@ -4,9 +4,6 @@
  * (pagemap), plus the GPA's walk through an EPT view (a userspace model of an EPT).
  */
 import type { Command } from 'commander';
-import { IMAGE_BASE } from '../../arch/x86/layout.js';
-import { loadImageFile } from '../../loader/image.js';
-import { MEMORY_BACKINGS } from '../../memory/guest-memory.js';
 import { translateChain, type TranslationChain } from '../../translate/chain.js';
 import { EptView } from '../../translate/ept-view.js';
 import { Pagemap } from '../../translate/host-pages.js';
@@ -14,22 +11,14 @@ import { chainJson, renderChain } from '../../translate/render.js';
 import type { VmResult } from '../../vmm/outcome.js';
 import { Vm } from '../../vmm/vm.js';
 import { UsageError } from '../errors.js';
-import { parseChoice, parseCount, parseGva, parseImageOptions, parseIndex, parseMemory } from '../options.js';
+import { addImageOptions, loadImageFromOptions, parseGva, parseImageVmOptions, parseIndex, type ImageVmOptionText } from '../options.js';
 import { describeResult } from '../run-vm.js';
 
-interface TranslateOptions {
+interface TranslateOptions extends ImageVmOptionText {
   json?: boolean;
   cpu: string;
-  vcpus: string;
-  mem: string;
-  memoryBacking: string;
   runMs?: string;
   ept: boolean;
-  format: string;
-  mode?: string;
-  loadAddr?: string;
-  entry?: string;
-  cpl: string;
 }
 
 /** When the guest was translated. */
@@ -60,23 +49,16 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 /** Registers `translate`. */
 export function registerTranslate(program: Command): void {
-  program
+  const cmd = program
     .command('translate')
     .description('follow guest virtual addresses to host-physical ones: GVA → GPA → HVA → HPA, with an EPT view of the GPA')
     .argument('<image>', 'guest image file (ELF64 or raw)')
     .argument('<gva...>', 'guest virtual addresses (decimal or 0x hex)')
     .option('--json', 'machine-readable output')
-    .option('--cpu <n>', 'vCPU whose page tables (CR3) and paging mode are used', '0')
-    .option('--vcpus <n>', 'number of vCPUs', '1')
-    .option('--mem <size>', 'guest RAM', '64M')
-    .option('--memory-backing <kind>', 'host backing of guest RAM: shmem, thp or hugetlb', 'shmem')
+    .option('--cpu <n>', 'vCPU whose page tables (CR3) and paging mode are used', '0');
+  addImageOptions(cmd)
     .option('--run-ms <ms>', 'run the guest this long first and translate while it runs (then stop it)')
     .option('--no-ept', 'skip the EPT view (stage 2\')')
-    .option('--format <fmt>', 'image format: elf, raw or auto', 'auto')
-    .option('--mode <mode>', 'long (64-bit) or real (16-bit); default: long for ELF, real for raw')
-    .option('--load-addr <addr>', 'guest-physical load address of a raw image')
-    .option('--entry <addr>', 'entry point (default: the ELF entry, or the raw load address)')
-    .option('--cpl <0|3>', 'long mode: privilege level of guest code', '3')
     .addHelpText('after', [
       '',
       'Without --run-ms the guest is translated just after loading, before it runs.',
@@ -86,23 +68,18 @@ export function registerTranslate(program: Command): void {
     ].join('\n'))
     .action(async (image: string, gvaTexts: string[], o: TranslateOptions) => {
       const gvas = gvaTexts.map(parseGva);
-      const vcpus = parseCount(o.vcpus, '--vcpus', 64);
-      const cpu = parseIndex(o.cpu, '--cpu', vcpus - 1);
-      const memory = parseMemory(o.mem);
-      const memoryBacking = parseChoice(o.memoryBacking, '--memory-backing', MEMORY_BACKINGS);
+      const opts = parseImageVmOptions(o);
+      const cpu = parseIndex(o.cpu, '--cpu', opts.vcpus - 1);
       const runMs = o.runMs === undefined ? undefined : parseIndex(o.runMs, '--run-ms', 3_600_000);
-      const cpl = Number(parseChoice(o.cpl, '--cpl', ['0', '3'] as const)) as 0 | 3;
-      const img = parseImageOptions(o, BigInt(IMAGE_BASE));
-      const loaded = loadImageFile(image, { format: img.format, loadAddr: img.loadAddr, entry: img.entry });
-      const mode = img.mode ?? (loaded.format === 'elf' ? 'long' : 'real');
+      const { image: loaded, mode } = loadImageFromOptions(image, opts);
       if (gvas.length === 0) throw new UsageError('give at least one GVA');
 
-      const vm = Vm.create({ memory, memoryBacking, vcpus, console: 'capture' });
+      const vm = Vm.create({ memory: opts.memory, memoryBacking: opts.memoryBacking, vcpus: opts.vcpus, console: 'capture' });
       // stdout carries the translation; the guest's console goes to stderr.
       vm.on('console', (bytes: Uint8Array) => process.stderr.write(bytes));
       const pagemap = new Pagemap();
       try {
-        vm.load(loaded, { mode, cpl });
+        vm.load(loaded, { mode, cpl: opts.cpl });
         let state: GuestState = 'loaded';
         let run: Promise<VmResult> | undefined;
         let ended: VmResult | undefined;
