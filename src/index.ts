@@ -3,6 +3,7 @@
  * `Vm` that owns memory, devices and vCPU threads.
  */
 export { Vm, type LoadOptions, type RunStats, type VmOptions } from './vmm/vm.js';
+export { Irqfd, InterruptsDisabledError } from './vmm/interrupts.js';
 export { formatCrashReport, crashReportJson, CRASH_STATUS, STOPPED_STATUS, type CrashReport, type VmResult } from './vmm/outcome.js';
 export { HypercallCall, type HypercallHandler, type HypercallModule, type HypercallRegistrar } from './hypercall/registry.js';
 export { HC, HC_USER_BASE, KT_ERR } from './hypercall/abi.js';

@@ -9,6 +9,7 @@ export const HC = {
   BENCH_MARK: 24,
   CONSOLE_WRITE: 25,
   FLUSH_TLB: 26,
+  WAIT: 27,
   GPA_TO_HPA: 60,
 } as const;
 

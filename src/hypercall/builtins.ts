@@ -15,6 +15,11 @@ export interface BuiltinContext {
   flushTlb(): void;
   /** The host page behind a guest-physical address inside RAM (KT_HC_GPA_TO_HPA). */
   hostPage(gpa: bigint): HostPageInfo;
+  /**
+   * Puts the calling vCPU to sleep from its next KVM_RUN until an interrupt arrives
+   * (KVM_SET_MP_STATE halted); undefined when the VM has no in-kernel irqchip (KT_HC_WAIT).
+   */
+  halt?: () => void;
 }
 
 /** Returns the string/bytes argument (a0 = GPA, a1 = length), or a negative error code. */
@@ -25,7 +30,26 @@ function guestBytes(call: HypercallCall): Uint8Array | number {
   return call.memory.read(call.a0, Number(len));
 }
 
-/** Registers HELLO, SEND_VALUE, LOG, NOP, BENCH_MARK and CONSOLE_WRITE in `table`. */
+/**
+ * KT_HC_WAIT (a0 = GPA of a u32, a1 = expected value): a futex-style wait for an interrupt.
+ *
+ * The check and the halt are atomic with respect to interrupts because both happen during this
+ * exit, while the vCPU cannot take one: an interrupt sent after the guest's last look at the word
+ * is either already pending in the LAPIC (then the halted KVM_RUN wakes at once and delivers it)
+ * or arrives later (and wakes it). Only the guest's own handler, or a host write before the
+ * signal, changes the word, so "changed" is checked here and "an interrupt is pending" by KVM.
+ * Returns 1 when the word differs, 0 once an interrupt has woken the vCPU (the handler has run).
+ */
+function wait(call: HypercallCall, halt: (() => void) | undefined): number {
+  if (!halt) return -KT_ERR.EOPNOTSUPP;
+  if ((call.a0 & 3n) !== 0n) return -KT_ERR.EINVAL;
+  if (!call.memory.contains(call.a0, 4)) return -KT_ERR.EFAULT;
+  if (call.memory.readU32(call.a0) !== Number(call.a1 & 0xffffffffn)) return 1;
+  halt();
+  return 0;
+}
+
+/** Registers every built-in hypercall in `table`. */
 export function registerBuiltins(table: HypercallTable, ctx: BuiltinContext): void {
   table.register(HC.HELLO, (call) => call.emit('hello', { cpu: call.cpu }));
   table.register(HC.SEND_VALUE, (call) => call.emit('value', { cpu: call.cpu, value: call.a0 }));
@@ -56,6 +80,7 @@ export function registerBuiltins(table: HypercallTable, ctx: BuiltinContext): vo
     call.setOutput('rsi', flags);
     return pfn << 12n;
   });
+  table.register(HC.WAIT, (call) => wait(call, ctx.halt));
   table.register(HC.CONSOLE_WRITE, (call) => {
     const bytes = guestBytes(call);
     if (typeof bytes === 'number') return bytes;

@@ -3,8 +3,9 @@
  * definitions so each number carries its struct size (checked against gcc by the layout test).
  */
 import {
-  kvm_clear_dirty_log, kvm_cpuid2, kvm_dirty_log, kvm_enable_cap, kvm_irq_level, kvm_irqfd, kvm_ioeventfd, kvm_mp_state, kvm_msi, kvm_regs,
-  kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xen_hvm_config, sizeOf,
+  kvm_clear_dirty_log, kvm_cpuid2, kvm_dirty_log, kvm_enable_cap, kvm_irq_level, kvm_irq_routing, kvm_irqchip, kvm_irqfd, kvm_ioeventfd,
+  kvm_lapic_state, kvm_mp_state, kvm_msi, kvm_regs, kvm_sregs, kvm_translation, kvm_userspace_memory_region, kvm_vcpu_events,
+  kvm_xen_hvm_config, sizeOf,
 } from './structs.js';
 
 const KVMIO = 0xae;
@@ -35,6 +36,10 @@ export const KVM = {
   SET_IDENTITY_MAP_ADDR: iow(0x48, 8),
   CREATE_IRQCHIP: io(0x60),
   IRQ_LINE: iow(0x61, sizeOf(kvm_irq_level)),
+  GET_IRQCHIP: iowr(0x62, sizeOf(kvm_irqchip)),
+  // _IOR although userspace writes it: a historical mistake in <linux/kvm.h>, kept for ABI's sake.
+  SET_IRQCHIP: ior(0x63, sizeOf(kvm_irqchip)),
+  SET_GSI_ROUTING: iow(0x6a, sizeOf(kvm_irq_routing)),
   IRQFD: iow(0x76, sizeOf(kvm_irqfd)),
   IOEVENTFD: iow(0x79, sizeOf(kvm_ioeventfd)),
   XEN_HVM_CONFIG: iow(0x7a, sizeOf(kvm_xen_hvm_config)),
@@ -44,8 +49,11 @@ export const KVM = {
   GET_SREGS: ior(0x83, sizeOf(kvm_sregs)),
   SET_SREGS: iow(0x84, sizeOf(kvm_sregs)),
   TRANSLATE: iowr(0x85, sizeOf(kvm_translation)),
+  GET_LAPIC: ior(0x8e, sizeOf(kvm_lapic_state)),
+  SET_LAPIC: iow(0x8f, sizeOf(kvm_lapic_state)),
   SET_CPUID2: iow(0x90, sizeOf(kvm_cpuid2)),
   GET_MP_STATE: ior(0x98, sizeOf(kvm_mp_state)),
+  SET_MP_STATE: iow(0x99, sizeOf(kvm_mp_state)),
   GET_VCPU_EVENTS: ior(0x9f, sizeOf(kvm_vcpu_events)),
   ENABLE_CAP: iow(0xa3, sizeOf(kvm_enable_cap)),
   SIGNAL_MSI: iow(0xa5, sizeOf(kvm_msi)),
@@ -96,3 +104,20 @@ export const MEM_LOG_DIRTY_PAGES = 1;
 export const DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1;
 /** KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 argument bit: logging starts with every page dirty and none write-protected. */
 export const DIRTY_LOG_INITIALLY_SET = 2;
+
+/** `kvm_mp_state.mp_state` values kvmtalk uses. */
+export const MP_STATE = {
+  RUNNABLE: 0,
+  /** KVM_RUN sleeps in the kernel until an interrupt (or a signal) arrives. */
+  HALTED: 3,
+} as const;
+
+/** `kvm_irq_routing_entry.type`. */
+export const IRQ_ROUTING_IRQCHIP = 1;
+export const IRQ_ROUTING_MSI = 2;
+/** `kvm_irqchip.chip_id` and `kvm_irq_routing_irqchip.irqchip`. */
+export const IRQCHIP_PIC_MASTER = 0;
+export const IRQCHIP_PIC_SLAVE = 1;
+export const IRQCHIP_IOAPIC = 2;
+/** `kvm_irqfd.flags`: remove the irqfd instead of adding it. */
+export const IRQFD_FLAG_DEASSIGN = 1;

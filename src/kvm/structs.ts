@@ -128,6 +128,44 @@ export const kvm_enable_cap = koffi.struct('kvm_enable_cap', {
   cap: u32, flags: u32, args: koffi.array(u64, 4), pad: koffi.array(u8, 64),
 });
 export const kvm_mp_state = koffi.struct('kvm_mp_state', { mp_state: u32 });
+
+/** `struct kvm_lapic_state`: the local APIC's 4 KiB register page, of which KVM keeps the first 1 KiB. */
+export const kvm_lapic_state = koffi.struct('kvm_lapic_state', { regs: koffi.array(u8, 1024) });
+
+/** `struct kvm_pic_state` (one 8259): kvmtalk only ever changes `imr`, to mask every line. */
+export const kvm_pic_state = koffi.struct('kvm_pic_state', {
+  last_irr: u8, irr: u8, imr: u8, isr: u8, priority_add: u8, irq_base: u8, read_reg_select: u8, poll: u8,
+  special_mask: u8, init_state: u8, auto_eoi: u8, rotate_on_auto_eoi: u8, special_fully_nested_mode: u8,
+  init4: u8, elcr: u8, elcr_mask: u8,
+});
+/**
+ * `struct kvm_irqchip` for KVM_GET/SET_IRQCHIP. The union also holds the IOAPIC state in C; only
+ * the PIC member is described because only the PICs are touched (`dummy` fixes the size).
+ */
+export const kvm_irqchip = koffi.struct('kvm_irqchip', {
+  chip_id: u32,
+  pad: u32,
+  chip: koffi.union('kvm_irqchip_chip', { dummy: koffi.array(u8, 512), pic: kvm_pic_state }),
+});
+
+/**
+ * `struct kvm_irq_routing_entry` (48 bytes). The union `u` is described with the two members x86
+ * uses, irqchip pins and MSI messages; `pad` fixes its size. `msi.devid` shares C's anonymous
+ * `union { pad; devid; }`.
+ */
+export const kvm_irq_routing_entry = koffi.struct('kvm_irq_routing_entry', {
+  gsi: u32,
+  type: u32,
+  flags: u32,
+  pad: u32,
+  u: koffi.union('kvm_irq_routing_entry_u', {
+    irqchip: koffi.struct('kvm_irq_routing_irqchip', { irqchip: u32, pin: u32 }),
+    msi: koffi.struct('kvm_irq_routing_msi', { address_lo: u32, address_hi: u32, data: u32, devid: u32 }),
+    pad: koffi.array(u32, 8),
+  }),
+});
+/** Header of `struct kvm_irq_routing` (KVM_SET_GSI_ROUTING); `nr` entries follow it. */
+export const kvm_irq_routing = koffi.struct('kvm_irq_routing', { nr: u32, flags: u32 });
 export const kvm_xen_hvm_config = koffi.struct('kvm_xen_hvm_config', {
   flags: u32, msr: u32, blob_addr_32: u64, blob_addr_64: u64, blob_size_32: u8, blob_size_64: u8,
   pad2: koffi.array(u8, 30),

@@ -23,6 +23,8 @@ const cGettid = libc.func('int gettid(void)');
 const cTgkill = libc.func('int tgkill(int tgid, int tid, int sig)');
 const cPread = libc.func('int64_t pread(int fd, void *buf, size_t count, int64_t off)');
 const cFallocate = libc.func('int fallocate(int fd, int mode, int64_t off, int64_t len)');
+const cEventfd = libc.func('int eventfd(unsigned int initval, int flags)');
+const cWrite = libc.func('int64_t write(int fd, const void *buf, size_t count)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
 export class SysError extends Error {
@@ -102,6 +104,8 @@ export const MFD_HUGE_2MB = 21 << 26;
 export const MADV_DONTNEED = 4;
 export const MADV_HUGEPAGE = 14;
 export const SIGUSR2 = 12;
+export const EFD_CLOEXEC = 0o2000000;
+export const EFD_NONBLOCK = 0o4000;
 
 /** open(2); throws {@link SysError}. */
 export function open(path: string, flags: number, mode = 0): number {
@@ -181,6 +185,22 @@ export function tgkill(tid: number, sig: number): void {
 /** pread(2) into `buf`; returns the number of bytes read. */
 export function pread(fd: number, buf: Uint8Array, offset: number): number {
   return check('pread', cPread(fd, buf, buf.length, offset));
+}
+
+/** eventfd(2), close-on-exec. */
+export function eventfd(initval = 0, flags = 0): number {
+  return check('eventfd', cEventfd(initval, flags | EFD_CLOEXEC));
+}
+
+/** One u64 1 per thread, so signalling an eventfd allocates nothing. */
+const ONE = new BigUint64Array([1n]);
+
+/**
+ * Adds 1 to an eventfd's counter (write(2) of a u64 1). Safe from any thread: a worker_thread
+ * that only knows the fd number can call it, since fds belong to the whole process.
+ */
+export function eventfdSignal(fd: number): void {
+  if ((cWrite(fd, ONE, 8) as number) !== 8) throw new SysError('eventfd write', lastErrno());
 }
 
 /** A zero-copy view of `len` bytes of this process's memory at `addr`. */

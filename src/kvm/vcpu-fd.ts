@@ -2,7 +2,7 @@
 import { KVM } from './ioctls.js';
 import { encodeCpuid, type CpuidEntry } from './kvm.js';
 import { KvmRun, REG_NAMES, type RegName } from './kvm-run.js';
-import { decode, encode, kvm_mp_state, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, sizeOf } from './structs.js';
+import { decode, encode, kvm_lapic_state, kvm_mp_state, kvm_regs, kvm_sregs, kvm_translation, kvm_vcpu_events, sizeOf } from './structs.js';
 import * as sys from './sys.js';
 
 /** `struct kvm_regs` with every field as a BigInt. */
@@ -117,6 +117,29 @@ export class VcpuFd {
     const buf = new Uint8Array(sizeOf(kvm_mp_state));
     sys.ioctlBuf(this.fd, 'KVM_GET_MP_STATE', KVM.GET_MP_STATE, buf);
     return new DataView(buf.buffer).getUint32(0, true);
+  }
+
+  /**
+   * KVM_SET_MP_STATE. Setting `MP_STATE.HALTED` (in-kernel irqchip only) makes the next KVM_RUN
+   * sleep in the kernel until an interrupt can be delivered, as if the guest had run HLT.
+   */
+  setMpState(state: number): void {
+    const buf = new Uint8Array(sizeOf(kvm_mp_state));
+    new DataView(buf.buffer).setUint32(0, state, true);
+    sys.ioctlBuf(this.fd, 'KVM_SET_MP_STATE', KVM.SET_MP_STATE, buf);
+  }
+
+  /** KVM_GET_LAPIC: the local APIC's register page (first 1 KiB; register at offset `r` is the u32 at `r`). */
+  getLapic(): Uint8Array {
+    const buf = new Uint8Array(sizeOf(kvm_lapic_state));
+    sys.ioctlBuf(this.fd, 'KVM_GET_LAPIC', KVM.GET_LAPIC, buf);
+    return buf;
+  }
+
+  /** KVM_SET_LAPIC: writes back a page read with {@link getLapic}. */
+  setLapic(regs: Uint8Array): void {
+    if (regs.length !== sizeOf(kvm_lapic_state)) throw new RangeError(`LAPIC state must be ${sizeOf(kvm_lapic_state)} bytes`);
+    sys.ioctlBuf(this.fd, 'KVM_SET_LAPIC', KVM.SET_LAPIC, regs);
   }
 
   /** KVM_GET_VCPU_EVENTS: pending/injected exceptions and interrupts. */

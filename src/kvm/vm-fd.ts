@@ -1,12 +1,23 @@
 /** A KVM VM file descriptor: memory slots, vCPU creation, interrupts and eventfds. */
-import { CAP, KVM, XEN_HVM_CONFIG_INTERCEPT_HCALL } from './ioctls.js';
+import { CAP, IRQ_ROUTING_IRQCHIP, IRQ_ROUTING_MSI, IRQFD_FLAG_DEASSIGN, KVM, XEN_HVM_CONFIG_INTERCEPT_HCALL } from './ioctls.js';
 import type { Kvm } from './kvm.js';
 import {
-  encode, kvm_enable_cap, kvm_ioeventfd, kvm_irq_level, kvm_irqfd, kvm_msi, kvm_userspace_memory_region,
-  kvm_xen_hvm_config,
+  encode, kvm_enable_cap, kvm_ioeventfd, kvm_irq_level, kvm_irq_routing, kvm_irq_routing_entry, kvm_irqchip, kvm_irqfd, kvm_msi,
+  kvm_userspace_memory_region, kvm_xen_hvm_config, offsetOf, sizeOf,
 } from './structs.js';
 import * as sys from './sys.js';
 import { VcpuFd } from './vcpu-fd.js';
+
+/** One GSI route for {@link VmFd.setGsiRouting}: an in-kernel irqchip pin or an MSI message. */
+export type GsiRoute =
+  | { gsi: number; type: 'irqchip'; irqchip: number; pin: number }
+  | { gsi: number; type: 'msi'; addressLo: number; addressHi: number; data: number };
+
+const ROUTING_HEADER = sizeOf(kvm_irq_routing);
+const ROUTING_ENTRY = sizeOf(kvm_irq_routing_entry);
+const ROUTE_U = offsetOf(kvm_irq_routing_entry, 'u');
+const IRQCHIP_SIZE = sizeOf(kvm_irqchip);
+const IRQCHIP_STATE = offsetOf(kvm_irqchip, 'chip');
 
 /** An open VM. */
 export class VmFd {
@@ -61,9 +72,43 @@ export class VmFd {
     return sys.ioctlBuf(this.fd, 'KVM_SIGNAL_MSI', KVM.SIGNAL_MSI, buf);
   }
 
-  /** KVM_IRQFD: signalling `eventfd` raises `gsi`. */
+  /**
+   * KVM_GET_IRQCHIP of one in-kernel chip (`IRQCHIP_PIC_MASTER`, `_SLAVE`, `_IOAPIC`): a copy of
+   * the 512-byte state union `chip`; for a PIC it starts with `struct kvm_pic_state`.
+   */
+  getIrqchip(chipId: number): Uint8Array {
+    const buf = new Uint8Array(IRQCHIP_SIZE);
+    new DataView(buf.buffer).setUint32(0, chipId, true);
+    sys.ioctlBuf(this.fd, 'KVM_GET_IRQCHIP', KVM.GET_IRQCHIP, buf);
+    return buf.slice(IRQCHIP_STATE);
+  }
+
+  /** KVM_SET_IRQCHIP: writes back a state union read with {@link getIrqchip}. */
+  setIrqchip(chipId: number, state: Uint8Array): void {
+    const buf = new Uint8Array(IRQCHIP_SIZE);
+    new DataView(buf.buffer).setUint32(0, chipId, true);
+    buf.set(state, IRQCHIP_STATE);
+    sys.ioctlBuf(this.fd, 'KVM_SET_IRQCHIP', KVM.SET_IRQCHIP, buf);
+  }
+
+  /** KVM_SET_GSI_ROUTING: replaces the VM's whole GSI routing table with `routes`. */
+  setGsiRouting(routes: readonly GsiRoute[]): void {
+    const buf = new Uint8Array(ROUTING_HEADER + routes.length * ROUTING_ENTRY);
+    const dv = new DataView(buf.buffer);
+    dv.setUint32(0, routes.length, true);
+    routes.forEach((r, i) => {
+      const o = ROUTING_HEADER + i * ROUTING_ENTRY;
+      dv.setUint32(o, r.gsi, true);
+      dv.setUint32(o + 4, r.type === 'irqchip' ? IRQ_ROUTING_IRQCHIP : IRQ_ROUTING_MSI, true);
+      const words = r.type === 'irqchip' ? [r.irqchip, r.pin] : [r.addressLo, r.addressHi, r.data];
+      words.forEach((w, k) => dv.setUint32(o + ROUTE_U + 4 * k, w >>> 0, true));
+    });
+    sys.ioctlBuf(this.fd, 'KVM_SET_GSI_ROUTING', KVM.SET_GSI_ROUTING, buf);
+  }
+
+  /** KVM_IRQFD: signalling `eventfd` raises `gsi` (or, with `deassign`, no longer does). */
   irqfd(eventfd: number, gsi: number, deassign = false): void {
-    const buf = encode(kvm_irqfd, { fd: eventfd, gsi, flags: deassign ? 1 : 0, resamplefd: 0, pad: new Array(16).fill(0) });
+    const buf = encode(kvm_irqfd, { fd: eventfd, gsi, flags: deassign ? IRQFD_FLAG_DEASSIGN : 0, resamplefd: 0, pad: new Array(16).fill(0) });
     sys.ioctlBuf(this.fd, 'KVM_IRQFD', KVM.IRQFD, buf);
   }
 

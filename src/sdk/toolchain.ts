@@ -97,8 +97,8 @@ export function guestPath(kind: GuestKind, name: string): string {
 }
 
 /**
- * Compiles `sdk/src/crt0.S` and `sdk/src/*.c` into `guest/build/sdk/crt0.o` and
- * `libkvmtalk.a`, unless they are newer than every SDK source and header and were built with
+ * Compiles `sdk/src/crt0.S` into `guest/build/sdk/crt0.o`, and `sdk/src/*.c` and the other
+ * `sdk/src/*.S` (such as the interrupt entry stubs) into `libkvmtalk.a`, unless they are newer than every SDK source and header and were built with
  * the same flags.
  */
 export function buildSdk(opts: BuildOptions = {}): SdkBuild {
@@ -113,11 +113,12 @@ export function buildSdk(opts: BuildOptions = {}): SdkBuild {
     lib: join(outDir, 'libkvmtalk.a'),
   };
   const cSources = listFiles(srcDir, '.c');
+  const asmSources = listFiles(srcDir, '.S').filter((f) => basename(f) !== 'crt0.S');
   const flags = [...CODEGEN_FLAGS, ...SDK_FLAGS, '-I', build.includeDir];
   // Flags are part of the inputs: a changed flag must rebuild even if no file changed.
   const stamp = join(outDir, 'flags');
   const stampText = JSON.stringify([GCC, flags]);
-  const inputs = [join(srcDir, 'crt0.S'), ...cSources, ...listFiles(build.includeDir, '.h', true)];
+  const inputs = [join(srcDir, 'crt0.S'), ...asmSources, ...cSources, ...listFiles(build.includeDir, '.h', true)];
   if (
     !opts.force &&
     readText(stamp) === stampText &&
@@ -131,8 +132,8 @@ export function buildSdk(opts: BuildOptions = {}): SdkBuild {
   rmSync(objDir, { recursive: true, force: true });
   mkdirSync(objDir, { recursive: true });
   run(GCC, [...flags, '-c', join(srcDir, 'crt0.S'), '-o', build.crt0]);
-  const objects = cSources.map((src) => {
-    const obj = join(objDir, basename(src, '.c') + '.o');
+  const objects = [...cSources, ...asmSources].map((src) => {
+    const obj = join(objDir, basename(src).replace(/\.[cS]$/, '.o'));
     run(GCC, [...flags, '-c', src, '-o', obj]);
     return obj;
   });

@@ -9,6 +9,7 @@ import { Park } from '../devices/park.js';
 import { COM1_BASE, SERIAL_PORT_COUNT, Serial16550, SerialInput } from '../devices/serial-16550.js';
 import { registerBuiltins } from '../hypercall/builtins.js';
 import { HypercallTable, type HypercallCall, type HypercallModule } from '../hypercall/registry.js';
+import { MP_STATE } from '../kvm/ioctls.js';
 import { gettid } from '../kvm/sys.js';
 import { VcpuFd } from '../kvm/vcpu-fd.js';
 import { GuestMemory } from '../memory/guest-memory.js';
@@ -50,6 +51,7 @@ registerBuiltins(hypercalls, {
   benchMarks: new Float64Array(data.benchMarks),
   flushTlb: () => flushTlb(vcpu),
   hostPage: (gpa) => (pagemap ??= new Pagemap()).lookup(gpaToHva(memory, gpa)),
+  halt: data.interrupts ? () => vcpu.setMpState(MP_STATE.HALTED) : undefined,
 });
 let pagemap: Pagemap | undefined;
 

@@ -23,6 +23,7 @@ import type { VmFd } from '../kvm/vm-fd.js';
 import { ImageError, placeImage, type ElfImage, type ReservedRange } from '../loader/elf.js';
 import { GuestMemory, parseSize, type MemoryBacking } from '../memory/guest-memory.js';
 import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
+import { createIrqchip, readyVcpu, Interrupts, InterruptsDisabledError, type Irqfd } from './interrupts.js';
 import { answerQuery, type VcpuState } from './vcpu-query.js';
 import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
 import {
@@ -52,6 +53,17 @@ export interface VmOptions {
   stackSize?: number;
   /** What KT_HC_BENCH_MARK mark 0 returns (benchmarks). */
   benchIterations?: number;
+  /**
+   * Host→guest interrupts (default false): creates KVM's in-kernel irqchip, masks both 8259 PICs,
+   * software-enables every vCPU's LAPIC and starts long-mode guests with RFLAGS.IF = 1, so
+   * {@link Vm.signalMsi}, {@link Vm.createIrqfd} and the KT_HC_WAIT hypercall work (see the
+   * "Interrupts" section of docs/guest-abi.md).
+   *
+   * Off by default because with an in-kernel irqchip KVM handles HLT itself: a halted vCPU sleeps
+   * in the kernel waiting for an interrupt instead of exiting with KVM_EXIT_HLT, so a guest that
+   * halts for good would hang instead of ending the run with kind `'halt'`.
+   */
+  interrupts?: boolean;
 }
 
 /** How {@link Vm.load} starts the guest. */
@@ -109,6 +121,8 @@ export class Vm extends EventEmitter {
   readonly vcpuCount: number;
   /** Whether VMCALL reaches this VMM (KVM_XEN_HVM_CONFIG_INTERCEPT_HCALL), as a second hypercall transport. */
   readonly vmcallTransport: boolean;
+  /** Whether the VM was created with `interrupts: true` (in-kernel irqchip, LAPICs enabled). */
+  readonly interrupts: boolean;
   private readonly slots: VcpuSlot[];
   private readonly cpuid: CpuidEntry[][];
   private readonly serialInput = new SerialInput();
@@ -140,8 +154,10 @@ export class Vm extends EventEmitter {
     private readonly options: Required<Pick<VmOptions, 'console' | 'timing' | 'stackSize' | 'benchIterations'>>,
     log: (line: string) => void,
     createdAt: number,
+    private readonly irq: Interrupts | undefined,
   ) {
     super();
+    this.interrupts = irq !== undefined;
     this.memory = memory;
     this.vcpuCount = vcpus.length;
     this.cpuid = cpuid;
@@ -172,6 +188,12 @@ export class Vm extends EventEmitter {
       const vmFd = kvm.createVm();
       cleanup.push(() => vmFd.close());
       if (kvm.checkExtension(CAP.SET_TSS_ADDR)) vmFd.setTssAddr(0xfffbd000);
+      if (opts.interrupts) {
+        for (const [cap, name] of [[CAP.IRQCHIP, 'KVM_CAP_IRQCHIP'], [CAP.SIGNAL_MSI, 'KVM_CAP_SIGNAL_MSI'], [CAP.IRQ_ROUTING, 'KVM_CAP_IRQ_ROUTING'], [CAP.IRQFD, 'KVM_CAP_IRQFD']] as const) {
+          if (!vmFd.checkExtension(cap)) throw new Error(`this KVM lacks ${name}, which interrupts: true needs`);
+        }
+        createIrqchip(vmFd); // before any vCPU: KVM gives each vCPU a LAPIC only if the irqchip exists
+      }
       const memory = GuestMemory.create(size, { backing: opts.memoryBacking });
       cleanup.push(() => memory.close());
       memory.registerWith(vmFd);
@@ -179,17 +201,19 @@ export class Vm extends EventEmitter {
       const runSize = kvm.vcpuMmapSize();
       const vcpus: VcpuFd[] = [];
       const cpuids: CpuidEntry[][] = [];
+      const apicIds: number[] = [];
       cleanup.push(() => vcpus.forEach((v) => v.close()));
       for (let i = 0; i < vcpuCount; i++) {
         const v = vmFd.createVcpu(i, runSize);
         vcpus.push(v);
         cpuids.push(cpuidForVcpu(cpuid, i));
         v.setCpuid(cpuids[i]);
+        if (opts.interrupts) apicIds.push(readyVcpu(v));
       }
       return new Vm(kvm, vmFd, memory, vcpus, cpuids, {
         console: opts.console ?? 'stdout', timing: opts.timing ?? false, stackSize: opts.stackSize ?? 256 * 1024,
         benchIterations: opts.benchIterations ?? 0,
-      }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt);
+      }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt, opts.interrupts ? new Interrupts(vmFd, apicIds) : undefined);
     } catch (e) {
       for (const f of cleanup.reverse()) f();
       throw e;
@@ -224,7 +248,9 @@ export class Vm extends EventEmitter {
       let regs: Regs;
       if (mode === 'long') {
         fd.setSregs(longModeSregs(base, cpu, opts.cpl ?? 3, cr3));
-        regs = longModeRegs(cpu, { vcpus: this.vcpuCount, cpl: opts.cpl ?? 3, entry: image.entry, stackSize: this.options.stackSize }, this.memory.size);
+        regs = longModeRegs(cpu, {
+          vcpus: this.vcpuCount, cpl: opts.cpl ?? 3, entry: image.entry, stackSize: this.options.stackSize, interrupts: this.interrupts,
+        }, this.memory.size);
       } else {
         const rm = realModeState(base, image.entry);
         fd.setSregs(rm.sregs);
@@ -369,6 +395,36 @@ export class Vm extends EventEmitter {
     });
   }
 
+  /**
+   * Sends interrupt `vector` (0x20–0xef) to vCPU `cpu` now (KVM_SIGNAL_MSI: fixed delivery,
+   * physical destination = the vCPU's APIC id, edge-triggered). Works from the main thread at any
+   * time; a vCPU sleeping in KT_HC_WAIT wakes up, and an interrupt sent before the guest is ready
+   * waits in the LAPIC until the guest runs with interrupts enabled. Interrupts of one vector that
+   * arrive before the guest takes the first coalesce.
+   * @returns whether the LAPIC accepted the message
+   * @throws {@link InterruptsDisabledError} unless the VM was created with `interrupts: true`
+   */
+  signalMsi(vector: number, cpu = 0): boolean {
+    return this.interruptState('signalMsi()').signalMsi(vector, cpu);
+  }
+
+  /**
+   * An {@link Irqfd} for `vector` (0x20–0xef) on vCPU `cpu`: an eventfd that KVM turns into that
+   * MSI in the kernel (KVM_IRQFD on a GSI routed to the MSI), so `irqfd.signal()` — or a write to
+   * `irqfd.fd` from any thread — interrupts the guest without a vCPU kick or a userspace exit.
+   * Close it with `irqfd.close()`; {@link close} closes the rest.
+   * @throws {@link InterruptsDisabledError} unless the VM was created with `interrupts: true`
+   */
+  createIrqfd(vector: number, cpu = 0): Irqfd {
+    return this.interruptState('createIrqfd()').createIrqfd(vector, cpu);
+  }
+
+  private interruptState(what: string): Interrupts {
+    if (!this.irq) throw new InterruptsDisabledError(what);
+    if (this.closed) throw new Error(`${what} on a closed VM`);
+    return this.irq;
+  }
+
   /** Types bytes into the guest's serial port (COM1 receive). Returns how many fit. */
   sendSerialInput(bytes: Uint8Array): number {
     return this.serialInput.push(bytes);
@@ -391,7 +447,7 @@ export class Vm extends EventEmitter {
           serialInput: this.serialInput.buffer, benchMarks: this.benchMarkBuffer, benchIterations: this.options.benchIterations,
           timing: this.options.timing,
           longMode: this.loaded!.longMode, modules: [...this.modules], remoteHypercalls: [...this.mainHandlers.keys()],
-          vmcallTransport: this.vmcallTransport,
+          vmcallTransport: this.vmcallTransport, interrupts: this.interrupts,
         };
         const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
         slot.worker = worker;
@@ -436,6 +492,7 @@ export class Vm extends EventEmitter {
     this.closed = true;
     this.runStats?.kvm?.vmStats.close();
     this.runStats?.kvm?.vcpuStats.forEach((s) => s.close());
+    this.irq?.close();
     for (const slot of this.slots) slot.fd.close();
     this.memory.close();
     if (this.dirty) sys.munmap(this.dirty.addr, this.dirty.size);

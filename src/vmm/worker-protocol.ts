@@ -49,6 +49,8 @@ export interface VcpuWorkerData {
   remoteHypercalls: number[];
   /** Route VMCALL exits (KVM_EXIT_XEN) to the hypercall table. */
   vmcallTransport: boolean;
+  /** The VM has an in-kernel irqchip (KT_HC_WAIT can halt the vCPU). */
+  interrupts: boolean;
 }
 
 /** Worker → main. */

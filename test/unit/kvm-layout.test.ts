@@ -17,8 +17,9 @@ import { fileURLToPath } from 'node:url';
 import koffi, { type TypeObject } from 'koffi';
 import { EXIT } from '../../src/kvm/exit-reasons.js';
 import {
-  CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, EXIT_XEN_HCALL, KVM, MEM_LOG_DIRTY_PAGES, SYNC_X86_EVENTS,
-  SYNC_X86_REGS, SYNC_X86_SREGS, XEN_HVM_CONFIG_INTERCEPT_HCALL,
+  CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, EXIT_XEN_HCALL, IRQ_ROUTING_IRQCHIP, IRQ_ROUTING_MSI, IRQCHIP_IOAPIC,
+  IRQCHIP_PIC_MASTER, IRQCHIP_PIC_SLAVE, IRQFD_FLAG_DEASSIGN, KVM, MEM_LOG_DIRTY_PAGES, MP_STATE, SYNC_X86_EVENTS, SYNC_X86_REGS,
+  SYNC_X86_SREGS, XEN_HVM_CONFIG_INTERCEPT_HCALL,
 } from '../../src/kvm/ioctls.js';
 import * as structs from '../../src/kvm/structs.js';
 
@@ -130,7 +131,7 @@ function cDesignator(struct: string, tsPath: string): string {
 }
 
 /** C flexible array members (the TS structs describe only the fixed header): they start at sizeof. */
-const FLEX_ARRAYS: Record<string, string> = { kvm_cpuid2: 'entries', kvm_stats_desc: 'name' };
+const FLEX_ARRAYS: Record<string, string> = { kvm_cpuid2: 'entries', kvm_stats_desc: 'name', kvm_irq_routing: 'entries' };
 
 before(() => {
   facts = compileAndRun();
@@ -163,7 +164,7 @@ test('exit reasons match <linux/kvm.h>', async (t) => {
   await compare(t, 'exit', new Map(Object.entries(EXIT).map(([k, v]) => [`KVM_EXIT_${k}`, v])));
 });
 
-test('sync-regs, Xen and dirty-log constants match <linux/kvm.h>', async (t) => {
+test('sync-regs, Xen, dirty-log and interrupt constants match <linux/kvm.h>', async (t) => {
   await compare(t, 'const', new Map([
     ['KVM_SYNC_X86_REGS', SYNC_X86_REGS],
     ['KVM_SYNC_X86_SREGS', SYNC_X86_SREGS],
@@ -173,5 +174,13 @@ test('sync-regs, Xen and dirty-log constants match <linux/kvm.h>', async (t) => 
     ['KVM_MEM_LOG_DIRTY_PAGES', MEM_LOG_DIRTY_PAGES],
     ['KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE', DIRTY_LOG_MANUAL_PROTECT_ENABLE],
     ['KVM_DIRTY_LOG_INITIALLY_SET', DIRTY_LOG_INITIALLY_SET],
+    ['KVM_MP_STATE_RUNNABLE', MP_STATE.RUNNABLE],
+    ['KVM_MP_STATE_HALTED', MP_STATE.HALTED],
+    ['KVM_IRQ_ROUTING_IRQCHIP', IRQ_ROUTING_IRQCHIP],
+    ['KVM_IRQ_ROUTING_MSI', IRQ_ROUTING_MSI],
+    ['KVM_IRQCHIP_PIC_MASTER', IRQCHIP_PIC_MASTER],
+    ['KVM_IRQCHIP_PIC_SLAVE', IRQCHIP_PIC_SLAVE],
+    ['KVM_IRQCHIP_IOAPIC', IRQCHIP_IOAPIC],
+    ['KVM_IRQFD_FLAG_DEASSIGN', IRQFD_FLAG_DEASSIGN],
   ]));
 });

@@ -39,6 +39,7 @@ extern "C" {
 #define KT_HC_BENCH_MARK 24 /* a0 = mark id; host records a timestamp */
 #define KT_HC_CONSOLE_WRITE 25 /* a0 = GPA of bytes, a1 = length: written to the serial console */
 #define KT_HC_FLUSH_TLB  26 /* flushes the calling vCPU's TLB (CPL3 cannot run INVLPG) */
+#define KT_HC_WAIT       27 /* a0 = GPA of a u32, a1 = expected: sleep until an interrupt (irq.h) */
 #define KT_HC_GPA_TO_HPA 60 /* a0 = GPA; RAX = HPA of its 4 KiB host page, RDX = PFN, RSI = flags */
 
 /* Numbers from here up belong to handlers the host registers at run time. */
@@ -227,5 +228,9 @@ int strncmp(const char *a, const char *b, size_t n);
 
 /* Page tables and address translation: kt_walk, kt_map_page, kt_va_to_hpa, ... */
 #include <kvmtalk/paging.h>
+/* Shared-memory rings and channels: kt_ring_*, kt_channel_attach. */
+#include <kvmtalk/ring.h>
+/* Interrupts from the host and waiting for them: kt_irq_set_handler, kt_wait, ... */
+#include <kvmtalk/irq.h>
 
 #endif /* KVMTALK_H */

@@ -15,6 +15,8 @@ import { codeSegment, dataSegment, encodeDescriptor, encodeTssDescriptor, tssSeg
 export const CR0_LONG = 0x80010033n; // PE MP ET NE WP PG
 export const CR4_LONG = 0x620n; // PAE OSFXSR OSXMMEXCPT
 export const EFER_LONG = 0x500n; // LME LMA
+/** RFLAGS.IF: maskable interrupts enabled. */
+export const RFLAGS_IF = 0x200n;
 const TSS_IOPB_OFFSET = 104;
 /** 104-byte TSS + 8 KiB I/O bitmap (all zero: every port allowed) + the required 0xff terminator. */
 export const TSS_LIMIT = TSS_IOPB_OFFSET + 8192 + 1 - 1;
@@ -27,6 +29,8 @@ export interface LongModeOptions {
   entry: bigint;
   /** Bytes of stack per vCPU, carved from the top of RAM. */
   stackSize: number;
+  /** Start with RFLAGS.IF = 1: CPL3 code cannot execute STI itself (IOPL is 0). */
+  interrupts?: boolean;
 }
 
 /** Writes the shared system structures into guest memory. Returns CR3. */
@@ -89,6 +93,7 @@ export function longModeRegs(cpu: number, opts: LongModeOptions, ramSize: number
   const stackTop = BigInt(ramSize - cpu * opts.stackSize) & ~0xfn;
   return {
     rax: 0n, rbx: 0n, rcx: 0n, rdx: 0n, rsi: BigInt(opts.vcpus), rdi: BigInt(cpu), rsp: stackTop, rbp: 0n,
-    r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: opts.entry, rflags: 2n,
+    r8: 0n, r9: 0n, r10: 0n, r11: 0n, r12: 0n, r13: 0n, r14: 0n, r15: 0n, rip: opts.entry,
+    rflags: opts.interrupts ? RFLAGS_IF | 2n : 2n,
   };
 }
