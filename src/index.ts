@@ -25,3 +25,7 @@ export { renderChain, chainJson } from './translate/render.js';
 export { EptView } from './translate/ept-view.js';
 export { walk, walkFast, decodeFlags, formatFlags, FastWalker, PageTableBuilder } from './translate/page-walk.js';
 export { Pagemap, gpaToHva, translateGpa, type HostPageInfo } from './translate/host-pages.js';
+export { attachChannel, type AttachedChannel } from './control/attach.js';
+export { listVms, runtimeDirPath } from './control/runtime-dir.js';
+export { Ring, RingCorruptedError } from './channel/ring.js';
+export { Channel } from './channel/channel.js';

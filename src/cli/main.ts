@@ -7,6 +7,7 @@ import { registerBench } from './commands/bench.js';
 import { registerCc, registerSdk } from './commands/cc.js';
 import { registerDemo } from './commands/demo.js';
 import { registerInfo } from './commands/info.js';
+import { registerAttach, registerPs } from './commands/attach.js';
 import { registerRun } from './commands/run.js';
 import { registerTranslate } from './commands/translate.js';
 import { reportError } from './errors.js';
@@ -24,6 +25,8 @@ registerCc(program);
 registerSdk(program);
 registerBench(program);
 registerTranslate(program);
+registerAttach(program);
+registerPs(program);
 
 try {
   await program.parseAsync(process.argv);

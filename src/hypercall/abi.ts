@@ -10,6 +10,12 @@ export const HC = {
   CONSOLE_WRITE: 25,
   FLUSH_TLB: 26,
   WAIT: 27,
+  /** Opens (or finds) a channel: RBX = GPA of the name, RCX = its length, RDX = ring capacity, RSI = mode (docs/channels.md). */
+  CHAN_OPEN: 30,
+  /** RBX = channel id: "I wrote (or consumed) something" (a vCPU-thread built-in that does not wait for the main thread). */
+  CHAN_NOTIFY: 31,
+  /** RBX = channel id: closes the channel (both rings' close words, directory state closed). */
+  CHAN_CLOSE: 32,
   GPA_TO_HPA: 60,
 } as const;
 

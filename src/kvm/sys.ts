@@ -25,6 +25,11 @@ const cPread = libc.func('int64_t pread(int fd, void *buf, size_t count, int64_t
 const cFallocate = libc.func('int fallocate(int fd, int mode, int64_t off, int64_t len)');
 const cEventfd = libc.func('int eventfd(unsigned int initval, int flags)');
 const cWrite = libc.func('int64_t write(int fd, const void *buf, size_t count)');
+const cRead = libc.func('int64_t read(int fd, void *buf, size_t count)');
+const cEpollCreate1 = libc.func('int epoll_create1(int flags)');
+const cEpollCtl = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)');
+const cEpollWait = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
+const cSchedYield = libc.func('int sched_yield(void)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
 export class SysError extends Error {
@@ -106,6 +111,14 @@ export const MADV_HUGEPAGE = 14;
 export const SIGUSR2 = 12;
 export const EFD_CLOEXEC = 0o2000000;
 export const EFD_NONBLOCK = 0o4000;
+export const EPOLL_CLOEXEC = 0o2000000;
+export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EPOLLIN = 0x001;
+/** Bytes of `struct epoll_event` on x86-64: it is packed (u32 events, then u64 data at offset 4). */
+export const EPOLL_EVENT_SIZE = 12;
+const EINTR = 4;
+const EAGAIN = 11;
 
 /** open(2); throws {@link SysError}. */
 export function open(path: string, flags: number, mode = 0): number {
@@ -201,6 +214,62 @@ const ONE = new BigUint64Array([1n]);
  */
 export function eventfdSignal(fd: number): void {
   if ((cWrite(fd, ONE, 8) as number) !== 8) throw new SysError('eventfd write', lastErrno());
+}
+
+/**
+ * Reads and resets an eventfd's counter (read(2) of a u64). Returns 0n when the counter is 0 and
+ * the eventfd is non-blocking (EAGAIN), so a spurious wakeup is not an error.
+ */
+export function eventfdRead(fd: number, buf: BigUint64Array = new BigUint64Array(1)): bigint {
+  const r = cRead(fd, buf, 8) as number;
+  if (r === 8) return buf[0];
+  const errno = lastErrno();
+  if (r < 0 && errno === EAGAIN) return 0n;
+  throw new SysError('eventfd read', r < 0 ? errno : 5 /* EIO: a short read of an eventfd */);
+}
+
+/** epoll_create1(2), close-on-exec. */
+export function epollCreate(): number {
+  return check('epoll_create1', cEpollCreate1(EPOLL_CLOEXEC));
+}
+
+/**
+ * epoll_ctl(2) ADD or DEL of `fd` for `events` (EPOLLIN ...), with a u32 `tag` as the event's data
+ * (returned by {@link epollWait}). DEL ignores `events` and `tag`.
+ */
+export function epollCtl(epfd: number, op: number, fd: number, events = EPOLLIN, tag = 0): void {
+  const ev = new Uint8Array(EPOLL_EVENT_SIZE);
+  const dv = new DataView(ev.buffer);
+  dv.setUint32(0, events, true);
+  dv.setBigUint64(4, BigInt(tag >>> 0), true);
+  check('epoll_ctl', cEpollCtl(epfd, op, fd, ev));
+}
+
+/**
+ * epoll_wait(2) into `events` (a buffer of n × {@link EPOLL_EVENT_SIZE} bytes); blocks the calling
+ * thread up to `timeoutMs` (-1: forever). Returns how many events it filled, 0 on timeout and on
+ * EINTR (the caller loops anyway). Read each event's tag with {@link epollEventTag}.
+ */
+export function epollWait(epfd: number, events: Uint8Array, timeoutMs: number): number {
+  const n = cEpollWait(epfd, events, Math.floor(events.length / EPOLL_EVENT_SIZE), timeoutMs) as number;
+  if (n >= 0) return n;
+  const errno = lastErrno();
+  if (errno === EINTR) return 0;
+  throw new SysError('epoll_wait', errno);
+}
+
+/** The u32 tag of event `i` in an {@link epollWait} buffer (the low half of its u64 data). */
+export function epollEventTag(events: Uint8Array, i: number): number {
+  const o = i * EPOLL_EVENT_SIZE + 4;
+  return (events[o] | (events[o + 1] << 8) | (events[o + 2] << 16) | (events[o + 3] << 24)) >>> 0;
+}
+
+/**
+ * sched_yield(2): lets another runnable thread have this CPU (returns at once when there is
+ * none). For spin loops on machines with fewer cores than spinning threads.
+ */
+export function schedYield(): void {
+  cSchedYield();
 }
 
 /** A zero-copy view of `len` bytes of this process's memory at `addr`. */

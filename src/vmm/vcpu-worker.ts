@@ -7,6 +7,9 @@ import { PORT } from '../arch/x86/layout.js';
 import { DebugExit } from '../devices/debug-exit.js';
 import { Park } from '../devices/park.js';
 import { COM1_BASE, SERIAL_PORT_COUNT, Serial16550, SerialInput } from '../devices/serial-16550.js';
+import { DIRECTORY_MAX, DOORBELL_PORT_BASE } from '../channel/channel-area.js';
+import { ChannelSignals } from '../channel/notifier.js';
+import { HC, KT_ERR } from '../hypercall/abi.js';
 import { registerBuiltins } from '../hypercall/builtins.js';
 import { HypercallTable, type HypercallCall, type HypercallModule } from '../hypercall/registry.js';
 import { MP_STATE } from '../kvm/ioctls.js';
@@ -54,6 +57,26 @@ registerBuiltins(hypercalls, {
   halt: data.interrupts ? () => vcpu.setMpState(MP_STATE.HALTED) : undefined,
 });
 let pagemap: Pagemap | undefined;
+
+// Channel notifications never wait for the main thread: raise the channel's shared pending word
+// and post a message only if none is on its way (see ChannelSignals), then let the guest go on.
+const channelSignals = new ChannelSignals(data.channelSignals);
+function channelNotify(id: number): number {
+  if (!channelSignals.isOpen(id)) return -KT_ERR.EINVAL;
+  if (channelSignals.raise(id)) post({ type: 'chan-notify', id });
+  return 0;
+}
+hypercalls.register(HC.CHAN_NOTIFY, (call) => (call.a0 < BigInt(DIRECTORY_MAX) ? channelNotify(Number(call.a0)) : -KT_ERR.EINVAL));
+// Doorbell ports of every possible channel. With KVM_IOEVENTFD a 1-byte write to an ioeventfd-mode
+// channel's port never gets here; other writes (no ioeventfd support, another width, another
+// mode) exit to userspace and mean exactly what KT_HC_CHAN_NOTIFY means.
+if (data.longMode) {
+  bus.addPio(DOORBELL_PORT_BASE, DIRECTORY_MAX, {
+    name: 'channel-doorbells',
+    pioRead: () => 0xff,
+    pioWrite: (port) => void channelNotify(port - DOORBELL_PORT_BASE),
+  });
+}
 
 /** A handler that runs on the main thread: post the call, then block this vCPU until it is answered. */
 function remoteHandler(call: HypercallCall): bigint {

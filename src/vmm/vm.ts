@@ -11,7 +11,15 @@ import { buildLongModeSystem, longModeRegs, longModeSregs } from '../arch/x86/lo
 import { realModeState, zeroRegs } from '../arch/x86/real-mode.js';
 import { SerialInput } from '../devices/serial-input.js';
 import { HypercallCall, type HypercallHandler } from '../hypercall/registry.js';
-import { isKvmReserved, KT_ERR } from '../hypercall/abi.js';
+import { HC, isKvmReserved, KT_ERR } from '../hypercall/abi.js';
+import {
+  CHANNEL_AREA_BASE, CHANNEL_AREA_END, CHANNEL_MODE, CHANNEL_NAME_MAX, ChannelArea, ChannelAreaFullError, channelModeName, channelNameBytes, DEFAULT_CAPACITY,
+  GUEST_MAX_CAPACITY, isGuestCapacity, type ChannelMode, type DirectoryEntry,
+} from '../channel/channel-area.js';
+import { Channel, channelBytes, formatChannel } from '../channel/channel.js';
+import { isValidCapacity } from '../channel/channel-layout.js';
+import { ChannelSignals, Notifier, Poller, type PollerOptions } from '../channel/notifier.js';
+import { startControlServer, type ControlServer } from '../control/control-server.js';
 import { CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM, MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls.js';
 import { encodeCpuid, Kvm, type CpuidEntry } from '../kvm/kvm.js';
 import { encode, kvm_clear_dirty_log, kvm_dirty_log, kvm_regs, kvm_sregs } from '../kvm/structs.js';
@@ -23,7 +31,7 @@ import type { VmFd } from '../kvm/vm-fd.js';
 import { ImageError, placeImage, type ElfImage, type ReservedRange } from '../loader/elf.js';
 import { GuestMemory, parseSize, type MemoryBacking } from '../memory/guest-memory.js';
 import { LatencyHistogram, type ExitStatsSnapshot } from './exit-stats.js';
-import { createIrqchip, readyVcpu, Interrupts, InterruptsDisabledError, type Irqfd } from './interrupts.js';
+import { createIrqchip, FIRST_GUEST_VECTOR, LAST_GUEST_VECTOR, readyVcpu, Interrupts, InterruptsDisabledError, type Irqfd } from './interrupts.js';
 import { answerQuery, type VcpuState } from './vcpu-query.js';
 import { CRASH_STATUS, FAILED_STATUS, STOPPED_STATUS, type VcpuOutcome, type VmResult } from './outcome.js';
 import {
@@ -64,6 +72,41 @@ export interface VmOptions {
    * halts for good would hang instead of ending the run with kind `'halt'`.
    */
   interrupts?: boolean;
+  /** Tuning of the main-thread poll loop that serves polling-mode channels (see {@link Poller}). */
+  channelPolling?: PollerOptions;
+  /**
+   * The VM's name in the runtime directory, where other host processes find it
+   * (`kvmtalk ps`, `kvmtalk attach <name> <channel>`): default `vm-<pid>`, then `vm-<pid>-2`, …
+   */
+  name?: string;
+  /**
+   * The control socket (docs/channels.md, "Attaching from another host process"): `true`
+   * (default) serves it from the first channel on; `false` only if {@link Vm.serveControl} is
+   * called; `{ dir }` as `true`, in another runtime directory.
+   */
+  control?: boolean | { dir?: string };
+}
+
+/** Vector of a channel's host→guest interrupt unless chosen otherwise (VMs with `interrupts: true`). */
+export const CHANNEL_DEFAULT_VECTOR = 0x30;
+
+/** Options of {@link Vm.createChannel}. */
+export interface ChannelOptions {
+  /**
+   * Data bytes of each ring: a power of two from 64 B to 1 MiB (default 64 KiB). The guest's
+   * KT_HC_CHAN_OPEN accepts 4 KiB–1 MiB; the host may go smaller (tests, latency experiments).
+   */
+  capacity?: number;
+  /** How the guest notifies the host (default `'hypercall'`). */
+  mode?: ChannelMode;
+  /**
+   * Interrupt vector (0x20–0xef) the host raises when the guest waits for data or space; 0 for
+   * none (the guest must poll). Default {@link CHANNEL_DEFAULT_VECTOR} when the VM has
+   * interrupts and the mode is not `'polling'`, else 0.
+   */
+  vector?: number;
+  /** vCPU that takes the interrupts (default 0). */
+  cpu?: number;
 }
 
 /** How {@link Vm.load} starts the guest. */
@@ -139,9 +182,20 @@ export class Vm extends EventEmitter {
   private result?: VmResult;
   private runStats?: RunStats;
   private closed = false;
+  /** The control socket, once served ({@link serveControl}). */
+  private controlServer?: ControlServer;
   /** Dirty logging, once enabled: its mode and a native buffer for bitmaps (the ioctls take its address). */
   private dirty?: { mode: DirtyLogMode; addr: bigint; size: number; words: BigUint64Array };
   private readonly log: (line: string) => void;
+  /** Channels: the area (long mode, from load()), every channel by id, and their notification machinery. */
+  private channelArea?: ChannelArea;
+  private readonly channelList: Channel[] = [];
+  private readonly channelSignals = new ChannelSignals();
+  private notifier?: Notifier;
+  private poller?: Poller;
+  private readonly channelIrqfds = new Map<string, Irqfd>();
+  /** Whether KVM can bind doorbell ports to eventfds (KVM_CAP_IOEVENTFD): ioeventfd mode without exits. */
+  readonly ioeventfdDoorbells: boolean;
   /** Wall-clock ms (timeOrigin-based) when {@link Vm.create} began. */
   readonly createdAt: number;
 
@@ -151,7 +205,7 @@ export class Vm extends EventEmitter {
     memory: GuestMemory,
     vcpus: VcpuFd[],
     cpuid: CpuidEntry[][],
-    private readonly options: Required<Pick<VmOptions, 'console' | 'timing' | 'stackSize' | 'benchIterations'>>,
+    private readonly options: Required<Pick<VmOptions, 'console' | 'timing' | 'stackSize' | 'benchIterations'>> & Pick<VmOptions, 'channelPolling' | 'name' | 'control'>,
     log: (line: string) => void,
     createdAt: number,
     private readonly irq: Interrupts | undefined,
@@ -169,6 +223,41 @@ export class Vm extends EventEmitter {
     });
     this.vmcallTransport = vmFd.canInterceptVmcall();
     if (this.vmcallTransport) vmFd.interceptVmcall();
+    this.ioeventfdDoorbells = vmFd.checkExtension(CAP.IOEVENTFD) > 0;
+    // Opening and closing channels changes allocation state that lives on this thread, so they
+    // are main-thread hypercalls (the vCPU waits; both are rare). NOTIFY is a vCPU-thread built-in.
+    this.mainHandlers.set(HC.CHAN_OPEN, (call) => this.openChannelFromGuest(call));
+    this.mainHandlers.set(HC.CHAN_CLOSE, (call) => this.closeChannelFromGuest(call));
+    // Serve the control socket once there is a channel to attach to. A broken runtime directory
+    // must not break the VM: it is logged, and serveControl() reports it to whoever calls it.
+    if (options.control !== false) {
+      this.once('channel', () => {
+        try {
+          if (!this.controlServer && !this.closed) this.serveControl();
+        } catch (e) {
+          this.log(`control socket not served: ${(e as Error).message}`);
+        }
+      });
+    }
+  }
+
+  /**
+   * Serves the control socket `<name>.sock` in the runtime directory (docs/channels.md,
+   * "Attaching from another host process"), through which another host process attaches to this
+   * VM's channels (`kvmtalk attach`, `attachChannel`). Started automatically with the first
+   * channel unless `control: false`; {@link close} stops it. Idempotent: returns the running
+   * server. `name` overrides the `name` option; it cannot change once served.
+   * @throws RuntimeDirError for an unusable runtime directory; Error for a name in use
+   */
+  serveControl(name = this.options.name): ControlServer {
+    if (this.closed) throw new Error('serveControl() on a closed VM');
+    if (this.controlServer) {
+      if (name !== undefined && name !== this.controlServer.name) throw new Error(`this VM is already served as '${this.controlServer.name}'`);
+      return this.controlServer;
+    }
+    const dir = typeof this.options.control === 'object' ? this.options.control.dir : undefined;
+    this.controlServer = startControlServer(this, { name, dir, log: this.log });
+    return this.controlServer;
   }
 
   /**
@@ -212,7 +301,7 @@ export class Vm extends EventEmitter {
       }
       return new Vm(kvm, vmFd, memory, vcpus, cpuids, {
         console: opts.console ?? 'stdout', timing: opts.timing ?? false, stackSize: opts.stackSize ?? 256 * 1024,
-        benchIterations: opts.benchIterations ?? 0,
+        benchIterations: opts.benchIterations ?? 0, channelPolling: opts.channelPolling, name: opts.name, control: opts.control,
       }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt, opts.interrupts ? new Interrupts(vmFd, apicIds) : undefined);
     } catch (e) {
       for (const f of cleanup.reverse()) f();
@@ -243,6 +332,11 @@ export class Vm extends EventEmitter {
       this.memory.fill(seg.gpa + BigInt(seg.data.length), Number(seg.memSize) - seg.data.length);
     }
     const cr3 = mode === 'long' ? buildLongModeSystem(this.memory, this.vcpuCount) : 0n;
+    if (mode === 'long' && !this.channelArea) {
+      // An empty directory from the start: a guest looking for channels finds a valid one.
+      this.channelArea = new ChannelArea(this.memory.slice(CHANNEL_AREA_BASE, CHANNEL_AREA_END - CHANNEL_AREA_BASE));
+      this.channelArea.format();
+    }
     this.slots.forEach(({ fd }, cpu) => {
       const base = fd.getSregs();
       let regs: Regs;
@@ -395,6 +489,169 @@ export class Vm extends EventEmitter {
     });
   }
 
+  // ---- Channels (docs/channels.md) ---------------------------------------------------------------
+
+  /**
+   * Creates a channel called `name` (1–31 bytes of printable ASCII) in the channel area, after
+   * {@link load} of a long-mode guest and before or during {@link run}. The guest finds it in
+   * the directory, or gets its id from KT_HC_CHAN_OPEN with the same name. Emits `'channel'`
+   * (channel, `'host'`).
+   * @throws RangeError for a bad name, capacity, mode, vector or cpu, or a name already open;
+   *   ChannelAreaFullError when the area or directory is full; InterruptsDisabledError for a
+   *   vector on a VM without interrupts
+   */
+  createChannel(name: string, opts: ChannelOptions = {}): Channel {
+    if (this.closed) throw new Error('createChannel() on a closed VM');
+    if (!this.channelArea) throw new Error('createChannel() needs a long-mode guest: load() it first');
+    channelNameBytes(name);
+    if (this.channelArea.findOpen(name)) throw new RangeError(`a channel called '${name}' is already open`);
+    const capacity = opts.capacity ?? DEFAULT_CAPACITY;
+    if (!isValidCapacity(capacity) || capacity > GUEST_MAX_CAPACITY) throw new RangeError(`channel capacity must be a power of two from 64 to ${GUEST_MAX_CAPACITY}, got ${capacity}`);
+    const mode = opts.mode ?? 'hypercall';
+    if (!Object.hasOwn(CHANNEL_MODE, mode)) throw new RangeError(`unknown channel mode '${String(mode)}'`);
+    const vector = opts.vector ?? this.defaultChannelVector(mode);
+    if (vector !== 0) {
+      if (!this.interrupts) throw new InterruptsDisabledError(`a channel with interrupt vector ${vector}`);
+      if (!Number.isInteger(vector) || vector < FIRST_GUEST_VECTOR || vector > LAST_GUEST_VECTOR) throw new RangeError(`channel vector must be 0 or 0x20–0xef, got ${vector}`);
+    }
+    const cpu = opts.cpu ?? 0;
+    if (!Number.isInteger(cpu) || cpu < 0 || cpu >= this.vcpuCount) throw new RangeError(`no vCPU ${cpu} (this VM has ${this.vcpuCount})`);
+    return this.addChannel(name, capacity, mode, vector, cpu, 'host');
+  }
+
+  /** The channel called `name` (the open one if a closed one had the same name), or undefined. */
+  channel(name: string): Channel | undefined {
+    const all = this.channelList.filter((c) => c.name === name);
+    return all.find((c) => c.state !== 'closed') ?? all.at(-1);
+  }
+
+  /** Every channel this VM has had, by id (closed ones included). */
+  channels(): Channel[] {
+    return [...this.channelList];
+  }
+
+  /** The host's authoritative copy of the channel directory (what the guest sees at 0x200000, unless it scribbled on it). */
+  channelDirectory(): DirectoryEntry[] {
+    return this.channelArea?.entries() ?? [];
+  }
+
+  /**
+   * The memfd behind guest RAM, for another process to map it through `/proc/<pid>/fd/<n>`;
+   * -1 when RAM is not shareable (anonymous THP memory).
+   */
+  memoryFd(): number {
+    return this.memory.regions[0].fd;
+  }
+
+  private addChannel(name: string, capacity: number, mode: ChannelMode, vector: number, cpu: number, origin: 'host' | 'guest'): Channel {
+    const area = this.channelArea!;
+    let formatted: ReturnType<typeof formatChannel> | undefined;
+    let regionView: Uint8Array | undefined;
+    const entry = area.allocate({ name, bytes: channelBytes(capacity), mode, vector }, (region, e) => {
+      formatted = formatChannel(region, e.id, capacity);
+      regionView = region;
+    });
+    let interrupt: (() => void) | undefined;
+    let eventfd = -1;
+    try {
+      if (vector !== 0) {
+        const irqfd = this.channelIrqfd(vector, cpu);
+        interrupt = () => irqfd.signal();
+      }
+      if (mode === 'ioeventfd' && this.ioeventfdDoorbells) {
+        eventfd = sys.eventfd(0, sys.EFD_NONBLOCK);
+        this.vmFd.ioeventfd({ addr: BigInt(entry.port), len: 1, eventfd, pio: true });
+        this.notifier ??= new Notifier(this.channelSignals, (id) => this.onChannelNotify(id), (e) => this.log(`channel notifier thread failed: ${e.message}`));
+        this.notifier.add(eventfd, entry.id);
+      }
+    } catch (e) {
+      if (eventfd >= 0) sys.close(eventfd);
+      area.close(entry.id);
+      throw e;
+    }
+    const channel = new Channel(entry, formatted!, regionView!, cpu, {
+      interrupt,
+      poller: mode === 'polling' ? (this.poller ??= new Poller(this.options.channelPolling)) : undefined,
+      notifications: () => this.channelSignals.count(entry.id),
+      onClosed: (ch) => {
+        this.channelSignals.setOpen(ch.id, false);
+        if (!this.closed) area.close(ch.id);
+      },
+    });
+    this.channelList[entry.id] = channel;
+    this.channelSignals.setOpen(entry.id, true);
+    try {
+      this.emit('channel', channel, origin);
+    } catch (e) {
+      this.log(`a 'channel' listener threw: ${(e as Error).message}`);
+    }
+    return channel;
+  }
+
+  /**
+   * {@link CHANNEL_DEFAULT_VECTOR} on a VM with interrupts, except in polling mode: there nobody
+   * notifies anybody, and a guest that spins on the ring anyway gains nothing from interrupts but
+   * the cost of taking them (a kick out of guest mode, the handler, the EOI).
+   */
+  private defaultChannelVector(mode: ChannelMode): number {
+    return this.interrupts && mode !== 'polling' ? CHANNEL_DEFAULT_VECTOR : 0;
+  }
+
+  /** One irqfd per (vector, vCPU), shared by the channels that use it (each irqfd costs a GSI route). */
+  private channelIrqfd(vector: number, cpu: number): Irqfd {
+    const key = `${vector}/${cpu}`;
+    let irqfd = this.channelIrqfds.get(key);
+    if (!irqfd) {
+      irqfd = this.createIrqfd(vector, cpu);
+      this.channelIrqfds.set(key, irqfd);
+    }
+    return irqfd;
+  }
+
+  /** A notification for channel `id` reached this thread (from a vCPU thread or the notifier thread). */
+  private onChannelNotify(id: number): void {
+    this.channelSignals.take(id);
+    this.channelList[id]?.notify();
+  }
+
+  /**
+   * KT_HC_CHAN_OPEN: RBX = GPA of the name, RCX = length (1–31), RDX = capacity (0 = 64 KiB, else
+   * a power of two in [4 KiB, 1 MiB]), RSI = mode (0–2). Returns the id; an open channel of that
+   * name is returned as it is. Interrupts go to the vCPU that opened the channel.
+   */
+  private openChannelFromGuest(call: HypercallCall): number {
+    if (!this.channelArea) return -KT_ERR.EOPNOTSUPP;
+    if (call.a1 < 1n || call.a1 > BigInt(CHANNEL_NAME_MAX)) return -KT_ERR.EINVAL;
+    const len = Number(call.a1);
+    if (!call.memory.contains(call.a0, len)) return -KT_ERR.EFAULT;
+    const bytes = call.memory.read(call.a0, len);
+    try {
+      channelNameBytes(bytes);
+    } catch {
+      return -KT_ERR.EINVAL;
+    }
+    const capacity = call.a2 === 0n ? DEFAULT_CAPACITY : call.a2 <= BigInt(GUEST_MAX_CAPACITY) ? Number(call.a2) : 0;
+    const mode = call.a3 <= 2n ? channelModeName(Number(call.a3)) : undefined;
+    if (!isGuestCapacity(capacity) || !mode) return -KT_ERR.EINVAL;
+    const name = new TextDecoder().decode(bytes);
+    const existing = this.channelArea.findOpen(name);
+    if (existing) return existing.id;
+    try {
+      return this.addChannel(name, capacity, mode, this.defaultChannelVector(mode), call.cpu, 'guest').id;
+    } catch (e) {
+      if (e instanceof ChannelAreaFullError) return -KT_ERR.E2BIG;
+      throw e;
+    }
+  }
+
+  /** KT_HC_CHAN_CLOSE: RBX = id. 0, also for a channel already closed; -KT_EINVAL for an unknown id. */
+  private closeChannelFromGuest(call: HypercallCall): number {
+    const ch = call.a0 < BigInt(this.channelList.length) ? this.channelList[Number(call.a0)] : undefined;
+    if (!ch) return -KT_ERR.EINVAL;
+    ch.closeFromGuest();
+    return 0;
+  }
+
   /**
    * Sends interrupt `vector` (0x20–0xef) to vCPU `cpu` now (KVM_SIGNAL_MSI: fixed delivery,
    * physical destination = the vCPU's APIC id, edge-triggered). Works from the main thread at any
@@ -447,7 +704,7 @@ export class Vm extends EventEmitter {
           serialInput: this.serialInput.buffer, benchMarks: this.benchMarkBuffer, benchIterations: this.options.benchIterations,
           timing: this.options.timing,
           longMode: this.loaded!.longMode, modules: [...this.modules], remoteHypercalls: [...this.mainHandlers.keys()],
-          vmcallTransport: this.vmcallTransport, interrupts: this.interrupts,
+          vmcallTransport: this.vmcallTransport, interrupts: this.interrupts, channelSignals: this.channelSignals.buffer,
         };
         const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
         slot.worker = worker;
@@ -490,6 +747,11 @@ export class Vm extends EventEmitter {
     if (this.closed) return;
     if (this.running && !this.runStats) throw new Error('close() while the VM is running: stop() and await run() first');
     this.closed = true;
+    this.controlServer?.close();
+    // Channels first: they must be closed before their guest memory is unmapped.
+    for (const ch of this.channelList) ch.dispose();
+    this.poller?.stop();
+    this.notifier?.close();
     this.runStats?.kvm?.vmStats.close();
     this.runStats?.kvm?.vcpuStats.forEach((s) => s.close());
     this.irq?.close();
@@ -522,6 +784,9 @@ export class Vm extends EventEmitter {
         break;
       case 'log':
         this.log(msg.line);
+        break;
+      case 'chan-notify':
+        this.onChannelNotify(msg.id);
         break;
       case 'query-result': {
         const q = this.pendingQueries.get(msg.id);
@@ -656,6 +921,7 @@ export class Vm extends EventEmitter {
       if (stats.inVmm) (inVmm ??= new LatencyHistogram()).merge(new LatencyHistogram(stats.inVmm));
     }
     this.runStats = { exits, inKvm, inVmm, kvm: this.readKvmStats() };
+    for (const ch of this.channelList) ch.guestStopped();
   }
 
   private readKvmStats(): RunStats['kvm'] {

@@ -51,6 +51,8 @@ export interface VcpuWorkerData {
   vmcallTransport: boolean;
   /** The VM has an in-kernel irqchip (KT_HC_WAIT can halt the vCPU). */
   interrupts: boolean;
+  /** The VM's channel notification words (`ChannelSignals`): KT_HC_CHAN_NOTIFY and doorbell ports raise them. */
+  channelSignals: SharedArrayBuffer;
 }
 
 /** Worker → main. */
@@ -62,6 +64,8 @@ export type FromWorker =
   | { type: 'module-loaded'; id: number; cpu: number; error?: string }
   | { type: 'query-result'; id: number; result?: unknown; error?: string }
   | { type: 'log'; line: string }
+  /** The guest notified channel `id` (KT_HC_CHAN_NOTIFY or a doorbell-port exit); posted only when none was pending. */
+  | { type: 'chan-notify'; id: number }
   | { type: 'done'; cpu: number; outcome: VcpuOutcome; stats: ExitStatsSnapshot };
 
 /** Main → worker (read when CTL.MAILBOX changes). */

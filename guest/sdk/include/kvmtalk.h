@@ -232,5 +232,6 @@ int strncmp(const char *a, const char *b, size_t n);
 #include <kvmtalk/ring.h>
 /* Interrupts from the host and waiting for them: kt_irq_set_handler, kt_wait, ... */
 #include <kvmtalk/irq.h>
+#include <kvmtalk/channel.h>
 
 #endif /* KVMTALK_H */

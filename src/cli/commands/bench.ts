@@ -3,6 +3,7 @@
  * readable table (or JSON with --json) and always writes bench-results/<name>.{json,md}.
  */
 import type { Command } from 'commander';
+import { formatChannelTable, runChannelBench } from '../../bench/channel.js';
 import { formatHypercallTable, runHypercallBench } from '../../bench/hypercall.js';
 import { toJson, writeBenchResults } from '../../bench/report.js';
 import { formatTranslateTable, runTranslateBench } from '../../bench/translate.js';
@@ -12,6 +13,8 @@ import { reportError, UsageError } from '../errors.js';
 export interface BenchRunOptions {
   rounds?: number;
   iterations?: number;
+  /** Messages per phase (benchmarks whose `options.messages` is set). */
+  messages?: number;
   log: (line: string) => void;
 }
 
@@ -20,8 +23,8 @@ export interface BenchmarkEntry {
   /** Subcommand name, also the bench-results/ file name. */
   name: string;
   description: string;
-  /** Whether `--rounds` / `--iterations` apply. */
-  options: { rounds: boolean; iterations: boolean };
+  /** Whether `--rounds` / `--iterations` / `--messages` apply. */
+  options: { rounds: boolean; iterations: boolean; messages?: boolean };
   run(opts: BenchRunOptions): Promise<{ result: unknown; table: string }>;
 }
 
@@ -45,12 +48,22 @@ export const BENCHMARKS: BenchmarkEntry[] = [
       return { result, table: formatTranslateTable(result) };
     },
   },
+  {
+    name: 'channel',
+    description: 'channel messages/s and round-trip latency (64 B, 4 KiB; hypercall, ioeventfd, polling; both directions; 1 and 2 vCPUs) against the C ring between two host threads',
+    options: { rounds: true, iterations: false, messages: true },
+    async run(opts) {
+      const result = await runChannelBench({ rounds: opts.rounds, messages: opts.messages, log: opts.log });
+      return { result, table: formatChannelTable(result) };
+    },
+  },
 ];
 
 interface CliOptions {
   json?: boolean;
   rounds?: number;
   iterations?: number;
+  messages?: number;
 }
 
 function positiveInt(what: string): (text: string) => number {
@@ -71,6 +84,7 @@ async function runBenchmarks(entries: BenchmarkEntry[], cli: CliOptions, jsonSha
     const { result, table } = await entry.run({
       rounds: cli.rounds,
       iterations: cli.iterations,
+      messages: cli.messages,
       log: cli.json ? () => {} : (line) => progress(`${entry.name}: ${line}`),
     });
     const files = writeBenchResults(entry.name, result, table);
@@ -93,6 +107,7 @@ export function registerBench(program: Command): void {
     const cmd = bench.command(entry.name).description(entry.description).option('--json', 'print only the result as JSON on stdout');
     if (entry.options.rounds) cmd.option('--rounds <n>', 'number of rounds', positiveInt('--rounds'));
     if (entry.options.iterations) cmd.option('--iterations <n>', 'exits per timed run', positiveInt('--iterations'));
+    if (entry.options.messages) cmd.option('--messages <n>', 'messages per throughput phase (round trips: a 20th)', positiveInt('--messages'));
     cmd.action(async (cli: CliOptions) => {
       try {
         await runBenchmarks([entry], cli, 'single');
