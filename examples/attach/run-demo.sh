@@ -4,7 +4,7 @@
 #              "tick N" messages on channel "telemetry" and the VMM prints them ([vmm] lines);
 #   process 2: kvmtalk attach takes the channel over, sends a message, prints 6 messages live,
 #              and detaches (the VMM prints again); a last attach sends "quit".
-# Needs /dev/kvm. Set KVMTALK_CLI to use another kvmtalk entry point (default bin/kvmtalk.js).
+# Needs /dev/kvm. KVMTALK_CLI may name another kvmtalk entry point (default bin/kvmtalk.js).
 set -eu
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cli=${KVMTALK_CLI:-$root/bin/kvmtalk.js}

@@ -19,8 +19,7 @@ import { fixtureGuest, requireKvm, waitFor } from '../helpers/kvm.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const CHILD = join(here, '..', 'fixtures', 'attach-child.js');
-// The two commands as main.ts wires them (test/fixtures/attach-cli.ts).
-const CLI = join(here, '..', 'fixtures', 'attach-cli.js');
+const CLI = join(here, '..', '..', '..', 'bin', 'kvmtalk.js');
 const HC_PHASE = 256 + 74;
 const N = 300; // ~32-byte frames: more than twice what the 4 KiB ring holds
 const VECTOR = 0x41;
