@@ -7,15 +7,19 @@
  *
  * For each message size:
  *   throughput  a producer thread writes <messages> messages of <size> bytes into one ring
- *               (kt_ring_try_write, PAUSE while full); a consumer thread reads them
- *               (kt_ring_try_read into a reused buffer, PAUSE while empty). Time: from just
+ *               (kt_ring_try_write, PAUSE while full); a consumer thread reads them in
+ *               batches (read_batch below: validate each frame, check length and sequence
+ *               number in place, one consumer-index store per batch; PAUSE while empty), the
+ *               same protocol-level work as the TypeScript polling consumer. Time: from just
  *               before the producer's first write to just after the consumer's last read.
  *   round trip  thread A writes a message into ring 1 and waits for it to come back on ring 2;
  *               thread B reads it and writes it back. <round-trips> of them, each timed on A
  *               with CLOCK_MONOTONIC; percentiles of the round trip.
  * Per-message work is what the TypeScript and guest ends do in the benchmark: the producer
  * stores the sequence number in the first 4 bytes and writes (validate, copy, advance); the
- * consumer reads (validate the frame, copy out, advance) and checks the length and sequence.
+ * consumer validates the frame, checks the length and sequence in place and advances (throughput,
+ * batched) or reads with kt_ring_try_read (validate, copy out, advance; round trips, one message
+ * at a time, as the TypeScript echo does too).
  * Rings have <capacity> data bytes (a power of two), both in one anonymous mapping, 4 KiB apart
  * like a channel's.
  *
@@ -140,6 +144,72 @@ static int read_msg(struct kt_ring *r, uint8_t *buf, uint32_t cap, uint32_t want
 	}
 }
 
+/*
+ * The consumer's batch read, the same protocol-level work as the TypeScript host's polling
+ * consumer (Ring.readBatch under Channel.drainFrames): one check of the header and one
+ * acquire-load of the producer index (kt_ring_available: ring_check + the validated index) per
+ * batch; per frame, the header words loaded once and every check of ring.c's ring_peek (reserved
+ * word, wrap marker, length, overrun, end of the data area), then the payload is read in place
+ * (the sequence number and length are checked, nothing is copied); one release-store of the
+ * consumer index per batch and after every capacity / 4 bytes. It lives here rather than in the
+ * SDK because only this benchmark uses it; it uses only the public struct kt_ring.
+ * Returns the messages taken (0: empty), or -1 after taking the END message.
+ */
+static long read_batch(struct kt_ring *r, uint32_t want_len, uint32_t *next_seq)
+{
+	long used = kt_ring_available(r);
+	uint32_t cons = r->cons, stored = r->cons, mask = r->capacity - 1;
+	uint32_t store_every = r->capacity / 4;
+	long n = 0;
+	int end = 0;
+
+	if (used < 0)
+		die("kt_ring_available: %ld", used);
+	while (used != 0) {
+		uint32_t off = cons & mask, len, reserved, frame, seq;
+		const struct kt_ring_frame *f = (const struct kt_ring_frame *)(r->data + off);
+
+		len = __atomic_load_n(&f->len, __ATOMIC_RELAXED);
+		reserved = __atomic_load_n(&f->reserved, __ATOMIC_RELAXED);
+		if (reserved != 0)
+			die("bad frame header at %u", cons);
+		if (len == KT_RING_WRAP) {
+			uint32_t tail = r->capacity - off;
+
+			if (off == 0 || tail > (uint32_t)used)
+				die("bad wrap marker at %u", cons);
+			cons += tail;
+			used -= tail;
+			continue;
+		}
+		if (len > r->max_msg)
+			die("bad length %u at %u", len, cons);
+		frame = (uint32_t)KT_RING_FRAME_SIZE(len);
+		if (frame > (uint32_t)used || off + frame > r->capacity)
+			die("frame overrun at %u", cons);
+		seq = len >= 4 ? __atomic_load_n((const uint32_t *)(r->data + off + KT_RING_FRAME_HEADER),
+						 __ATOMIC_RELAXED) : 0;
+		cons += frame;
+		used -= frame;
+		n++;
+		if (len == want_len && seq == SEQ_END) {
+			end = 1;
+			break;
+		}
+		if (len != want_len || seq != *next_seq)
+			die("message %u: %u bytes, sequence %u", *next_seq, len, seq);
+		(*next_seq)++;
+		if (cons - stored >= store_every) {
+			stored = cons;
+			__atomic_store_n(&r->hdr->cons, cons, __ATOMIC_RELEASE);
+		}
+	}
+	r->cons = cons;
+	if (cons != stored)
+		__atomic_store_n(&r->hdr->cons, cons, __ATOMIC_RELEASE);
+	return end ? -1 : n;
+}
+
 static inline int stopped(struct shared *s)
 {
 	return __atomic_load_n(&s->stop, __ATOMIC_RELAXED);
@@ -177,13 +247,21 @@ static void *consumer(void *arg)
 	uint8_t *buf = aligned_alloc(64, s->max_msg + 64);
 	uint64_t spins = 0;
 
-	uint32_t i;
+	uint32_t i = 0;
 
 	attach(&r, s->mem1, s->region);
 	wait_go(s);
-	for (i = 0; i < s->messages; i++)
-		if (read_msg(&r, buf, s->max_msg, s->size, i, &spins))
+	/* Batches, like the TypeScript polling consumer (see read_batch). */
+	while (i < s->messages) {
+		long n = read_batch(&r, s->size, &i);
+
+		if (n < 0)
 			break;
+		if (n == 0) {
+			spins++;
+			cpu_pause();
+		}
+	}
 	s->t_end = now_ns();
 	s->done = i;
 	s->empty_spins = spins;

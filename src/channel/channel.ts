@@ -112,6 +112,8 @@ interface PendingSend {
 
 /** Messages the push style emits per turn of the event loop before yielding to other work. */
 const PUSH_BUDGET = 4096;
+/** drain() copies messages up to this many bytes word by word (cheaper than a subarray + set). */
+const SMALL_COPY = 256;
 /** Fallback re-check of a full host→guest ring, in case the guest never rings back: 1 ms doubling to 50 ms. */
 const SPACE_POLL_FIRST_MS = 1;
 const SPACE_POLL_MAX_MS = 50;
@@ -162,6 +164,15 @@ export class Channel extends EventEmitter {
   #checkScheduled = false;
   #progressSinceCheck = false;
   #readBuf: Uint8Array | undefined;
+  // drain() state: the user's callbacks while a drain runs, the reused view, u32 views for the copy.
+  #drainFn: ((msg: Uint8Array) => void) | undefined;
+  #frameFn: ((data: Uint8Array, offset: number, len: number) => void | false) | undefined;
+  #readView: Uint8Array | undefined;
+  /** A drainFrames() callback returned false: the drain ends after that message. */
+  #stopDrain = false;
+  #buf32: Uint32Array | undefined;
+  #data32: Uint32Array | undefined;
+  #data32Of: Uint8Array | undefined;
   readonly #stats = {
     toHostMessages: 0, toHostBytes: 0, toGuestMessages: 0, toGuestBytes: 0, delivered: 0, interrupts: 0, recvWaits: 0, sendWaits: 0, faults: 0,
   };
@@ -261,40 +272,110 @@ export class Channel extends EventEmitter {
 
   /**
    * Consumes every message available now (at most `max`) in one synchronous call: the fastest
-   * way to read. `fn` gets a view into a buffer this channel reuses, valid only during the call
+   * way to read that hands out stable bytes. `fn` gets a view into a buffer this channel reuses
+   * (a copy of the payload, so the guest cannot change it under `fn`), valid only during the call
    * (copy it to keep it). The guest's "space freed" interrupt is checked once at the end rather
    * than per message. Returns how many messages it consumed. Pair with {@link Channel.readable}:
-   * `while (await ch.readable()) ch.drain(fn)`.
+   * `while (await ch.readable()) ch.drain(fn)`. Reads through {@link Ring.readBatch}; allocates
+   * nothing per message (the view is reused while consecutive messages have the same length).
    */
   drain(fn: (msg: Uint8Array) => void, max = Infinity): number {
     this.#checkPull('drain()');
-    let n = 0;
+    this.#readBuf ??= new Uint8Array((this.#toHost.maxMessageSize + 7) & ~7);
+    this.#drainFn = fn;
     try {
-      while (n < max && this.#backlog.length > 0) {
-        fn(this.#backlog.shift()!);
-        n++;
+      return this.#drainWith(fn, this.#copyOut, max);
+    } finally {
+      this.#drainFn = undefined;
+    }
+  }
+
+  /**
+   * Zero-copy {@link Channel.drain}: hands every message to `fn` **in place** in the guest→host
+   * ring as `(data, offset, len)`, the payload being `data[offset .. offset + len)`; `fn` may
+   * return `false` to stop after that message. Allocates nothing. The offset and length are
+   * validated (the frame lies inside the ring and inside what the guest published), but the
+   * payload bytes are guest memory that a misbehaving guest can rewrite at any moment, even while
+   * `fn` runs: read each byte a decision depends on once, copy what is kept beyond the call, never
+   * write to `data` (see {@link Ring.readBatch}). Messages saved before a guest close (backlog)
+   * come as `(copy, 0, copy.length)`. Returns how many messages it consumed.
+   */
+  drainFrames(fn: (data: Uint8Array, offset: number, len: number) => void | false, max = Infinity): number {
+    this.#checkPull('drainFrames()');
+    this.#frameFn = fn;
+    try {
+      return this.#drainWith((m) => {
+        if (fn(m, 0, m.length) === false) this.#stopDrain = true;
+      }, this.#countFrame, max);
+    } finally {
+      this.#frameFn = undefined;
+    }
+  }
+
+  /** The loop of drain()/drainFrames(): backlog first, then batches from the ring until empty. */
+  #drainWith(backlogFn: (msg: Uint8Array) => void, frameFn: (data: Uint8Array, offset: number, len: number) => void | false, max: number): number {
+    let backlog = 0;
+    // Ring messages are counted by the frame callbacks (stats), so a throw still counts them.
+    const before = this.#stats.toHostMessages;
+    const taken = () => backlog + this.#stats.toHostMessages - before;
+    this.#stopDrain = false;
+    try {
+      while (backlog < max && this.#backlog.length > 0) {
+        backlog++;
+        backlogFn(this.#backlog.shift()!);
+        if (this.#stopDrain) return backlog;
       }
-      if (this.#state !== 'open') return n;
-      const buf = (this.#readBuf ??= new Uint8Array(this.#toHost.maxMessageSize));
-      while (n < max && this.#state === 'open') {
-        let len: number | null;
+      while (taken() < max && this.#state === 'open' && !this.#stopDrain) {
         try {
-          len = this.#toHost.readInto(buf);
+          if (this.#toHost.readBatch(frameFn, max - taken()) === 0) break;
         } catch (e) {
-          this.#ringError(e);
-          break;
+          // Only the ring's own verdict closes the channel; anything else came from the callback.
+          if (e instanceof RingCorruptedError && e === this.#toHost.fault) {
+            this.#ringError(e);
+            break;
+          }
+          throw e;
         }
-        if (len === null) break;
-        this.#stats.toHostMessages++;
-        this.#stats.toHostBytes += len;
-        n++;
-        fn(buf.subarray(0, len));
       }
     } finally {
-      if (n > 0) this.#consumed();
+      if (taken() > 0) this.#consumed();
     }
-    return n;
+    return taken();
   }
+
+  /** drain()'s frame callback: copy out (word copy for small messages), count, call the user. */
+  readonly #copyOut = (data: Uint8Array, offset: number, len: number): void | false => {
+    const buf = this.#readBuf!;
+    if (len <= SMALL_COPY) {
+      let d32 = this.#data32;
+      if (this.#data32Of !== data) {
+        d32 = this.#data32 = new Uint32Array(data.buffer, data.byteOffset, data.length >>> 2);
+        this.#data32Of = data;
+        this.#buf32 ??= new Uint32Array(buf.buffer, buf.byteOffset, buf.length >>> 2);
+      }
+      // offset is 8-aligned and the frame is padded to 8, so whole words stay inside the frame;
+      // buf is a multiple of 8 bytes long.
+      const b32 = this.#buf32!;
+      const w = offset >>> 2;
+      for (let i = 0, words = (len + 3) >>> 2; i < words; i++) b32[i] = d32![w + i];
+    } else {
+      buf.set(data.subarray(offset, offset + len));
+    }
+    let view = this.#readView;
+    if (view === undefined || view.length !== len) view = this.#readView = buf.subarray(0, len);
+    this.#stats.toHostMessages++;
+    this.#stats.toHostBytes += len;
+    this.#drainFn!(view);
+    return this.#state === 'open' ? undefined : false;
+  };
+
+  /** drainFrames()'s frame callback: count, call the user in place. */
+  readonly #countFrame = (data: Uint8Array, offset: number, len: number): void | false => {
+    this.#stats.toHostMessages++;
+    this.#stats.toHostBytes += len;
+    if (this.#frameFn!(data, offset, len) === false) this.#stopDrain = true;
+    return this.#state === 'open' && !this.#stopDrain ? undefined : false;
+  };
 
   /**
    * Resolves true as soon as a message can be read (at once if one is waiting), false at the end

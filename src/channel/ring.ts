@@ -74,6 +74,8 @@ export class Ring {
 
   readonly #data: Uint8Array;
   readonly #dv: DataView;
+  /** The data area as u32 words (frame headers are 8-aligned): the batch reader's frame loads. */
+  readonly #u32: Uint32Array;
   readonly #words: Int32Array;
   readonly #mask: number;
   /** Private copies of the configuration block, indexed like {@link CONFIG_WORDS}. */
@@ -91,6 +93,8 @@ export class Ring {
   // Where the frame found by #peek() starts (payload offset in the data area) and its size.
   #pendingOffset = 0;
   #pendingFrame = 0;
+  /** A {@link Ring.readBatch} callback is running: consumer calls are refused until it returns. */
+  #inBatch = false;
 
   /**
    * Takes the geometry and indices as already validated values: re-reading them from shared
@@ -102,6 +106,7 @@ export class Ring {
     this.#mask = capacity - 1;
     this.#data = view.subarray(RING_HEADER_SIZE, RING_HEADER_SIZE + capacity);
     this.#dv = new DataView(view.buffer, view.byteOffset + RING_HEADER_SIZE, capacity);
+    this.#u32 = new Uint32Array(view.buffer, view.byteOffset + RING_HEADER_SIZE, capacity >>> 2);
     this.#words = new Int32Array(view.buffer, view.byteOffset, RING_HEADER_SIZE / 4);
     this.#config = [RING_MAGIC, RING_VERSION, capacity, maxMessageSize, RING_HEADER_SIZE, flags];
     this.#prod = this.#seenProd = prod;
@@ -276,6 +281,86 @@ export class Ring {
     return len;
   }
 
+  /**
+   * Batched, zero-copy consumer: validates the waiting frames one by one and hands each to `fn`
+   * **in place**, as `(data, offset, len)`: `data` is the whole data area (the same object on
+   * every call), the payload is `data[offset .. offset + len)`. Stops when the ring is empty (as
+   * of one acquire-load of the producer index at the start), after `max` messages, or after a
+   * callback returned `false` (that message counts as taken). Returns how many messages it took.
+   * Throws {@link RingCorruptedError} (messages handed out before the bad frame stay taken).
+   *
+   * What the callback may rely on: `offset` and `len` come from one read of the frame header,
+   * checked like {@link Ring.tryRead} checks it: `len <= maxMessageSize`, and the whole frame
+   * lies inside the data area and inside what the producer had published. So indexing
+   * `data[offset .. offset + len)` never leaves the message's frame. What it may NOT rely on: the
+   * payload bytes. They are guest memory, and a malicious guest can rewrite them at any moment,
+   * also while the callback runs (an honest one only once the consumer index has moved past
+   * them). So: read each byte the decision depends on once (copy, then parse the copy, if a
+   * field is used twice); copy whatever is kept after the callback returns
+   * (`data.slice(offset, offset + len)`); never write to `data`.
+   *
+   * The consumer index is stored once at the end of the batch (also when a callback or a check
+   * throws: a message counts as taken once its callback was called), and on the way after every
+   * `capacity / 4` bytes, so a producer waiting for room gets it while a long batch runs. The
+   * callback must not call this ring's consumer methods (that throws Error).
+   */
+  readBatch(fn: (data: Uint8Array, offset: number, len: number) => void | false, max = Infinity): number {
+    if (this.#inBatch) throw new Error('Ring.readBatch: the ring is already being read (consumer call from inside a readBatch callback)');
+    this.#checkHeader();
+    let used = this.#consumerUsed();
+    if (used === 0 || !(max > 0)) return 0;
+    const u32 = this.#u32;
+    const data = this.#data;
+    const mask = this.#mask;
+    const capacity = this.capacity;
+    const maxMsg = this.maxMessageSize;
+    const storeEvery = capacity >>> 2;
+    const startCons = this.#cons;
+    let cons = startCons;
+    let stored = startCons;
+    let n = 0;
+    this.#inBatch = true;
+    try {
+      while (used !== 0) {
+        // used is a non-zero multiple of 8 here, so at least a frame header is published.
+        const off = cons & mask;
+        const len = u32[off >>> 2]; // each header word read once, into a local
+        const reserved = u32[(off >>> 2) + 1];
+        if (reserved !== 0) this.#failAt('bad-frame-header', cons, `reserved word ${hex(reserved)}`);
+        if (len === FRAME_WRAP) {
+          if (off === 0) this.#failAt('frame-crosses-end', cons, 'wrap marker at offset 0');
+          const tail = capacity - off;
+          if (tail > used) this.#failAt('frame-overrun', cons, `wrap marker pads ${tail} bytes, only ${used} published`);
+          cons = (cons + tail) >>> 0;
+          used -= tail;
+          continue;
+        }
+        if (len > maxMsg) this.#failAt('bad-length', cons, `length ${len} above the maximum ${maxMsg}`);
+        const frame = FRAME_HEADER_SIZE + ((len + 7) & ~7);
+        if (frame > used) this.#failAt('frame-overrun', cons, `${frame} bytes, only ${used} published`);
+        if (off + frame > capacity) this.#failAt('frame-crosses-end', cons, `frame at offset ${off} of ${frame} bytes runs past the end (${capacity})`);
+        // Taken from here on, even if the callback throws (the finally below publishes it).
+        cons = (cons + frame) >>> 0;
+        this.#cons = cons;
+        used -= frame;
+        n++;
+        const more = fn(data, off + FRAME_HEADER_SIZE, len);
+        if (((cons - stored) >>> 0) >= storeEvery) {
+          stored = cons;
+          Atomics.store(this.#words, W_CONS, cons); // hand space back during a long batch
+        }
+        if (more === false || n >= max) break;
+      }
+    } finally {
+      this.#inBatch = false;
+      // Also covers wrap padding skipped at the very end. The callbacks' loads of the payload are
+      // done (program order, and the seq_cst store is a full barrier) before the slots are freed.
+      this.#cons = cons;
+      if (cons !== stored) Atomics.store(this.#words, W_CONS, cons);
+    }
+    return n;
+  }
+
   /** Length of the next message without taking it, or null when empty. */
   peekLength(): number | null {
     const len = this.#peek();
@@ -330,6 +415,11 @@ export class Ring {
     // Tell the peer, unless it is the one that closed (its code is the better record).
     if (fault !== 'peer-closed') this.#publishClose(fault);
     throw err;
+  }
+
+  /** {@link Ring.#fail} for a frame at consumer index `at` (kept out of the hot loop's code size). */
+  #failAt(fault: RingFault, at: number, what: string): never {
+    this.#fail(fault, `frame at ${hex(at)}: ${what}`);
   }
 
   #publishClose(fault: RingFault): void {
@@ -390,6 +480,7 @@ export class Ring {
    * nothing: offsets and lengths derive from the private index and the checked locals only.
    */
   #peek(): number {
+    if (this.#inBatch) throw new Error('Ring: consumer call from inside a readBatch callback');
     this.#checkHeader();
     let used = this.#consumerUsed();
     for (;;) {

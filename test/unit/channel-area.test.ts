@@ -228,6 +228,48 @@ test('drain and readable: everything at once through a reused buffer; the space 
   assert.equal(ch.drain(() => {}), 0);
 });
 
+test('drain copies (word copy and large messages, any length), drainFrames hands out in place; neither is disturbed by a throwing callback', () => {
+  const { ch, guest } = harness(4096);
+  const lens = [0, 1, 3, 4, 5, 63, 64, 65, 255, 256, 257, 1000, 0, 7];
+  const msg = (i: number, len: number) => Uint8Array.from({ length: len }, (_, k) => (i * 31 + k) & 0xff);
+  const send = () => lens.forEach((len, i) => assert.ok(guest.tx.tryWrite(msg(i, len))));
+  send();
+  const got: Uint8Array[] = [];
+  assert.equal(ch.drain((m) => got.push(m.slice())), lens.length);
+  assert.deepEqual(got, lens.map((len, i) => msg(i, len)));
+  send();
+  const inPlace: Uint8Array[] = [];
+  assert.equal(ch.drainFrames((d, o, l) => void inPlace.push(d.slice(o, o + l)), 5), 5);
+  assert.equal(ch.drainFrames((d, o, l) => {
+    inPlace.push(d.slice(o, o + l));
+    if (inPlace.length === 8) return false;
+  }), 3, 'false stops after that message');
+  assert.equal(ch.drainFrames((d, o, l) => void inPlace.push(d.slice(o, o + l))), lens.length - 8);
+  assert.deepEqual(inPlace, lens.map((len, i) => msg(i, len)));
+  send();
+  assert.throws(() => ch.drain(() => {
+    throw new Error('user bug');
+  }), /user bug/);
+  assert.equal(ch.state, 'open', "the callback's own error does not close the channel");
+  assert.equal(ch.stats().toHost.messages, 3 * lens.length - lens.length + 1, 'the message whose callback threw was taken');
+  assert.throws(() => ch.drainFrames(() => void ch.tryRecv()), /readBatch/, 'reading the same channel from inside the callback is refused');
+  assert.equal(ch.state, 'open');
+  assert.equal(ch.drain(() => {}), lens.length - 2);
+});
+
+test('drainFrames: a corrupt frame closes the channel after the good messages were handed out', () => {
+  const { ch, guest, region, L } = harness(256);
+  guest.tx.tryWrite(bytes(7));
+  guest.tx.tryWrite(bytes(8));
+  const dv = new DataView(region.buffer);
+  dv.setUint32(L.toHost.offset + 0x180 + 16, 0x10000000, true);
+  const got: number[] = [];
+  assert.equal(ch.drainFrames((d, o) => void got.push(d[o])), 1);
+  assert.deepEqual(got, [7]);
+  assert.equal(ch.state, 'closed');
+  assert.throws(() => ch.tryRecv(), (e: unknown) => e instanceof RingCorruptedError && e.fault === 'bad-length');
+});
+
 test('send: backpressure queues in order behind a full ring, flushed when the guest rings back; interrupts when the guest waits for data', async () => {
   const { ch, guest, counters } = harness(256);
   assert.equal(guest.rx.prepareWaitData(), true);

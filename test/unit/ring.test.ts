@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import {
-  CHANNEL_OFF, CLOSED_BY_HOST, ChannelHeaderError, FRAME_WRAP, RING_FAULT, RING_HEADER_SIZE, RING_OFF, channelLayout, frameSize, layoutChannels,
+  CHANNEL_OFF, CLOSED_BY_HOST, ChannelHeaderError, FRAME_HEADER_SIZE, FRAME_WRAP, RING_FAULT, RING_HEADER_SIZE, RING_OFF, channelLayout, frameSize, layoutChannels,
   maxMessageFor, readChannelHeader, writeChannelHeader,
 } from '../../src/channel/channel-layout.js';
 import { Ring, RingCorruptedError } from '../../src/channel/ring.js';
@@ -379,6 +379,37 @@ function registerTests(): void {
     assert.equal(cons.tryRead(), null);
   });
 
+  test('two threads, SharedArrayBuffer: 1e5 messages through readBatch (in place, batched index stores)', async () => {
+    const cap = 1024;
+    const offset = 128;
+    const sab = new SharedArrayBuffer(offset + Ring.sizeFor(cap) + 128);
+    const cons = Ring.init(new Uint8Array(sab, offset, Ring.sizeFor(cap)), cap);
+    const n = 100_000;
+    const seed = 0xba7c4ed;
+    const worker = runWorker({ kind: 'produce-sab', n, seed, sab, ringOffset: offset, ringSize: Ring.sizeFor(cap) });
+    const gen = new Stream(seed);
+    const want = new Uint8Array(cons.maxMessageSize);
+    const copy = new Uint8Array(cons.maxMessageSize);
+    let checksum = 2166136261;
+    let received = 0;
+    let mismatch = '';
+    const check = (data: Uint8Array, off: number, len: number): void => {
+      copy.set(data.subarray(off, off + len)); // read once, check the copy
+      const wlen = gen.len(cons.maxMessageSize);
+      gen.fill(want, wlen);
+      if (!mismatch && (len !== wlen || Buffer.compare(copy.subarray(0, len), want.subarray(0, wlen)) !== 0)) mismatch = `message ${received}: ${len} bytes, want ${wlen}`;
+      checksum = fnv(checksum, copy.subarray(0, len));
+      received++;
+    };
+    spin(() => cons.readBatch(check, 1 + (received % 7)) > 0, () => received === n, 'consumer');
+    const res = await worker;
+    assert.equal(res.error, undefined);
+    assert.equal(mismatch, '');
+    assert.equal(res.sent, n);
+    assert.equal(checksum, res.checksum);
+    assert.equal(cons.tryRead(), null);
+  });
+
   test('two threads over guest RAM (memfd, koffi views): a full channel in both directions', async () => {
     const mem = GuestMemory.create(1 << 20);
     try {
@@ -588,6 +619,198 @@ function registerTests(): void {
     assertFault(() => a.tryRead(), 'closed');
     assertFault(() => b.tryRead(), 'peer-closed');
     assert.equal(u32(v2, RING_OFF.close), (CLOSED_BY_HOST << 8) | RING_FAULT.closed);
+  });
+
+  test('readBatch: order, wraparound, max, early stop, in-place bounds and batched index stores', () => {
+    for (const cap of [64, 256, 4096]) {
+      const view = region(cap);
+      const prod = Ring.init(view, cap);
+      const cons = Ring.attach(view);
+      const gen = new Stream(0xba7c + cap);
+      const pending: Uint8Array[] = [];
+      let produced = 0;
+      let consumed = 0;
+      let batches = 0;
+      for (let step = 0; step < 20_000; step++) {
+        if (gen.next() % 3 !== 0) {
+          const msg = gen.message(prod.maxMessageSize);
+          if (prod.tryWrite(msg)) {
+            pending.push(msg);
+            produced += frameSize(msg.length);
+          }
+          continue;
+        }
+        const max = gen.next() % 4 === 0 ? 1 + (gen.next() % 3) : Infinity;
+        const stopAfter = gen.next() % 4 === 0 ? 1 + (gen.next() % 3) : -1;
+        const waiting = pending.length;
+        let seen = 0;
+        const n = cons.readBatch((data, offset, len) => {
+          assert.ok(offset >= FRAME_HEADER_SIZE && offset % 8 === 0 && offset + len <= cap && len <= cons.maxMessageSize);
+          assert.deepEqual(data.subarray(offset, offset + len), pending.shift(), 'in order, intact');
+          seen++;
+          consumed++;
+          if (seen === stopAfter) return false;
+        }, max);
+        assert.equal(n, seen);
+        assert.equal(n, Math.min(waiting, max, stopAfter < 0 ? Infinity : stopAfter));
+        // The consumer index is published at the end of the batch: the producer sees the room.
+        assert.equal(prod.free(), cap - cons.available());
+        if (n > 0) batches++;
+      }
+      while (cons.readBatch((d, o, l) => void assert.deepEqual(d.subarray(o, o + l), pending.shift())) > 0);
+      assert.equal(pending.length, 0);
+      assert.equal(cons.readBatch(() => assert.fail('empty ring')), 0);
+      assert.equal(prod.free(), cap);
+      assert.ok(produced > 20 * cap, `only ${produced} bytes through a ${cap}-byte ring`);
+      assert.ok(consumed > 1000 && batches > 500);
+    }
+
+    // A long batch hands space back every capacity / 4 bytes, not only at its end.
+    const cap = 1024;
+    const view = region(cap);
+    const prod = Ring.init(view, cap);
+    const cons = Ring.attach(view);
+    while (prod.tryWrite(new Uint8Array(24)));
+    const published: number[] = [];
+    assert.equal(cons.readBatch(() => void published.push(u32(view, RING_OFF.cons))), cap / 32);
+    assert.equal(published[0], 0);
+    assert.ok(new Set(published).size >= 4, `the consumer index moved ${new Set(published).size - 1} times during the batch`);
+    assert.equal(u32(view, RING_OFF.cons), cap);
+  });
+
+  test('readBatch: a throwing callback keeps its message taken; consumer calls from the callback are refused', () => {
+    const view = region(256);
+    const prod = Ring.init(view, 256);
+    const cons = Ring.attach(view);
+    for (let i = 0; i < 4; i++) prod.tryWrite(new Uint8Array([i]));
+    const got: number[] = [];
+    assert.throws(() => cons.readBatch((d, o) => {
+      got.push(d[o]);
+      if (got.length === 2) throw new Error('boom');
+    }), /boom/);
+    assert.deepEqual(got, [0, 1]);
+    assert.equal(u32(view, RING_OFF.cons), 32, 'both handed-out messages are published as taken');
+    assert.throws(() => cons.readBatch(() => void cons.tryRead()), (e: unknown) => e instanceof Error && !(e instanceof RingCorruptedError) && /readBatch/.test(e.message));
+    assert.equal(cons.fault, undefined, 'a caller mistake does not close the ring');
+    assert.deepEqual(cons.tryRead(), new Uint8Array([3]));
+    assert.equal(cons.tryRead(), null);
+  });
+
+  test('corruption: readBatch detects the same faults as tryRead, after handing out the good frames', () => {
+    const cap = 1024;
+    const data = RING_HEADER_SIZE;
+    // Two good 32-byte messages (40-byte frames), then the frame under test at data + 80.
+    const setup = () => {
+      const view = region(cap);
+      const prod = Ring.init(view, cap);
+      const cons = Ring.attach(view);
+      for (let i = 0; i < 3; i++) assert.ok(prod.tryWrite(new Uint8Array(32).fill(i + 1)));
+      return { view, prod, cons };
+    };
+    const at = data + 80;
+    const cases: [keyof typeof RING_FAULT, (v: Uint8Array) => void][] = [
+      ['bad-length', (v) => setU32(v, at, cap * 4)],
+      ['bad-length', (v) => setU32(v, at, maxMessageFor(cap) + 1)],
+      ['bad-length', (v) => setU32(v, at, 0xfffffff0)],
+      ['frame-overrun', (v) => setU32(v, at, 33)],
+      ['frame-overrun', (v) => setU32(v, at, 200)],
+      ['frame-overrun', (v) => setU32(v, at, FRAME_WRAP)], // pads to the end, only 40 bytes published
+      ['bad-frame-header', (v) => setU32(v, at + 4, 1)],
+      ['index-out-of-range', (v) => setU32(v, RING_OFF.prod, 120 + 4)],
+      ['index-out-of-range', (v) => setU32(v, RING_OFF.prod, 120 + cap)],
+      ['peer-closed', (v) => setU32(v, RING_OFF.close, (2 << 8) | RING_FAULT.closed)],
+      ['bad-config', (v) => setU32(v, RING_OFF.capacity, cap * 2)],
+    ];
+    for (const [fault, corrupt] of cases) {
+      const { view, cons } = setup();
+      corrupt(view);
+      const got: number[] = [];
+      const err = assertFault(() => cons.readBatch((d, o) => void got.push(d[o])), fault);
+      const frameFault = fault !== 'index-out-of-range' && fault !== 'peer-closed' && fault !== 'bad-config';
+      assert.deepEqual(got, frameFault ? [1, 2] : [], fault);
+      if (frameFault) assert.equal(u32(view, RING_OFF.cons), 80, 'the frames handed out before the bad one are published as taken');
+      if (fault !== 'peer-closed') assert.equal(u32(view, RING_OFF.close) & 0xff, RING_FAULT[fault]);
+      assert.equal(assertFault(() => cons.readBatch(() => assert.fail('closed')), fault), err, 'later calls fail the same way');
+    }
+
+    // Wrap marker at offset 0, a frame past the end of the data area, a wrap marker past the producer index.
+    {
+      const { view, cons } = setup();
+      setU32(view, data, FRAME_WRAP);
+      assertFault(() => cons.readBatch(() => assert.fail('no frame is valid')), 'frame-crosses-end');
+    }
+    for (const [fault, len] of [['frame-crosses-end', 40], ['frame-overrun', FRAME_WRAP]] as const) {
+      const view = region(cap);
+      const prod = Ring.init(view, cap);
+      const cons = Ring.attach(view);
+      for (let i = 0; i < (cap - 16) / 8; i++) prod.tryWrite(new Uint8Array(0));
+      assert.equal(cons.readBatch(() => {}), (cap - 16) / 8);
+      const p = u32(view, RING_OFF.prod);
+      setU32(view, data + (cap - 16), len);
+      setU32(view, RING_OFF.prod, p + (len === FRAME_WRAP ? 8 : 56));
+      assertFault(() => cons.readBatch(() => assert.fail('no frame is valid')), fault);
+    }
+  });
+
+  test('fuzz: readBatch over random garbage hands out only in-bounds frames and throws only RingCorruptedError', () => {
+    const gen = new Stream(0xb47c4);
+    const GUARD = 256;
+    let faults = 0;
+    let reads = 0;
+    const trials = 3000;
+    for (let trial = 0; trial < trials; trial++) {
+      const cap = 64 << (gen.next() % 6);
+      const whole = new Uint8Array(GUARD + Ring.sizeFor(cap) + GUARD).fill(0xee);
+      const view = whole.subarray(GUARD, GUARD + Ring.sizeFor(cap));
+      const prod = Ring.init(view, cap);
+      const cons = Ring.attach(view);
+      const model: Uint8Array[] = [];
+      let corrupted = false;
+      const dv = new DataView(view.buffer, view.byteOffset, view.length);
+      try {
+        for (let op = 0; op < 300; op++) {
+          const what = gen.next() % 256;
+          if (what < 130) {
+            const msg = gen.message(prod.maxMessageSize);
+            if (prod.tryWrite(msg) && !corrupted) model.push(msg);
+          } else if (what < 240) {
+            const max = gen.next() % 2 ? Infinity : 1 + (gen.next() % 4);
+            const n = cons.readBatch((data, offset, len) => {
+              assert.ok(data.length === cap && offset >= FRAME_HEADER_SIZE && offset + len <= cap && len <= cons.maxMessageSize, `frame ${offset}+${len} outside the data area`);
+              reads++;
+              if (!corrupted) assert.deepEqual(data.subarray(offset, offset + len), model.shift(), 'uncorrupted rings deliver exactly what was sent');
+            }, max);
+            assert.ok(n <= max);
+            if (!corrupted && n < max) assert.equal(model.length, 0);
+          } else {
+            corrupted = true;
+            const kind = gen.next() % 4;
+            if (kind === 0) {
+              const words = [RING_OFF.magic, RING_OFF.capacity, RING_OFF.maxMessage, RING_OFF.close, RING_OFF.prod];
+              const v = gen.next();
+              dv.setUint32(words[gen.next() % words.length], gen.next() % 2 ? v : v & 0xfff8, true);
+            } else if (kind === 1) {
+              const at = RING_HEADER_SIZE + ((gen.next() % cap) & ~7);
+              dv.setUint32(at, gen.next() % 3 === 0 ? FRAME_WRAP : gen.next() % (2 * cap), true);
+              if (gen.next() % 4 === 0) dv.setUint32(at + 4, gen.next(), true);
+            } else if (kind === 2) {
+              for (let i = RING_HEADER_SIZE; i < view.length; i++) if (gen.next() % 16 === 0) view[i] = gen.next() & 0xff;
+            } else {
+              dv.setUint32(RING_OFF.prod, (dv.getUint32(RING_OFF.prod, true) + (gen.next() % 64) * 8 - 256) >>> 0, true);
+            }
+          }
+        }
+      } catch (e) {
+        if (!(e instanceof RingCorruptedError)) throw e;
+        assert.ok(corrupted, `a ring nobody corrupted failed: ${e.message}`);
+        faults++;
+      }
+      for (let i = 0; i < GUARD; i++) {
+        if (whole[i] !== 0xee || whole[whole.length - 1 - i] !== 0xee) assert.fail(`trial ${trial}: a write outside the ring region`);
+      }
+    }
+    assert.ok(faults > trials / 4, `only ${faults} of ${trials} trials detected corruption`);
+    assert.ok(reads > trials * 10, `only ${reads} messages read`);
   });
 
   test('channel layout: placement, several channels, header round trip and validation', () => {
