@@ -30,6 +30,7 @@ const cEpollCreate1 = libc.func('int epoll_create1(int flags)');
 const cEpollCtl = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event)');
 const cEpollWait = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
 const cSchedYield = libc.func('int sched_yield(void)');
+const cSchedSetaffinity = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
 export class SysError extends Error {
@@ -275,4 +276,17 @@ export function schedYield(): void {
 /** A zero-copy view of `len` bytes of this process's memory at `addr`. */
 export function view(addr: bigint, len: number): ArrayBuffer {
   return koffi.view(addr, len) as ArrayBuffer;
+}
+
+/**
+ * sched_setaffinity(2) for one thread (`tid`; 0 = the calling thread): it may run only on the
+ * host CPUs listed.
+ */
+export function schedSetaffinity(tid: number, cpus: readonly number[]): void {
+  const mask = new Uint8Array(128);
+  for (const c of cpus) {
+    if (!Number.isInteger(c) || c < 0 || c >= mask.length * 8) throw new RangeError(`bad host CPU ${c}`);
+    mask[c >> 3] |= 1 << (c & 7);
+  }
+  check(`sched_setaffinity ${tid}`, cSchedSetaffinity(tid, mask.length, mask));
 }

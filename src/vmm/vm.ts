@@ -682,6 +682,23 @@ export class Vm extends EventEmitter {
     return this.irq;
   }
 
+  /**
+   * Restricts vCPU `cpu`'s thread to the given host CPUs (sched_setaffinity on its thread id).
+   * The vCPU must be running (its thread exists once `run()` has started it).
+   */
+  pinVcpu(cpu: number, hostCpus: readonly number[]): void {
+    sys.schedSetaffinity(this.vcpuThreadId(cpu), hostCpus);
+  }
+
+  /** The kernel thread id of vCPU `cpu`'s thread (as in /proc/self/task/<tid>), once it runs. */
+  vcpuThreadId(cpu: number): number {
+    const slot = this.slots[cpu];
+    if (!slot) throw new RangeError(`no vCPU ${cpu} (this VM has ${this.vcpuCount})`);
+    const tid = Atomics.load(slot.ctl, CTL.TID);
+    if (!tid || slot.outcome) throw new Error(`vCPU ${cpu} is not running`);
+    return tid;
+  }
+
   /** Types bytes into the guest's serial port (COM1 receive). Returns how many fit. */
   sendSerialInput(bytes: Uint8Array): number {
     return this.serialInput.push(bytes);
