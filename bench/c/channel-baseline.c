@@ -269,16 +269,26 @@ static void *consumer(void *arg)
 	return NULL;
 }
 
+/*
+ * The setup of both round-trip threads: attaches *on1 to ring 1 and *on2 to ring 2, and returns a
+ * message buffer (free it).
+ */
+static uint8_t *round_trip_rings(struct shared *s, struct kt_ring *on1, struct kt_ring *on2)
+{
+	uint8_t *buf = aligned_alloc(64, s->max_msg + 64);
+
+	attach(on1, s->mem1, s->region);
+	attach(on2, s->mem2, s->region);
+	return buf;
+}
+
 /* Thread A of the round trips: ping on ring 1, pong on ring 2, one sample per round trip. */
 static void *pinger(void *arg)
 {
 	struct shared *s = arg;
 	struct kt_ring tx, rx;
-	uint8_t *buf = aligned_alloc(64, s->max_msg + 64);
+	uint8_t *buf = round_trip_rings(s, &tx, &rx);
 	uint64_t spins = 0;
-
-	attach(&tx, s->mem1, s->region);
-	attach(&rx, s->mem2, s->region);
 	uint32_t i;
 
 	memset(buf, 0x5a, s->max_msg);
@@ -306,11 +316,9 @@ static void *echoer(void *arg)
 {
 	struct shared *s = arg;
 	struct kt_ring rx, tx;
-	uint8_t *buf = aligned_alloc(64, s->max_msg + 64);
+	uint8_t *buf = round_trip_rings(s, &rx, &tx);
 	uint64_t spins = 0;
 
-	attach(&rx, s->mem1, s->region);
-	attach(&tx, s->mem2, s->region);
 	wait_go(s);
 	for (uint32_t i = 0; i < s->round_trips; i++) {
 		if (read_msg(&rx, buf, s->max_msg, s->size, i, &spins))

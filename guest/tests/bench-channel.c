@@ -38,6 +38,8 @@
  */
 #include <kvmtalk.h>
 
+#include "cpu-finish.h"
+
 #define HC_PHASE (KT_HC_USER_BASE + 74)
 #define MAX_CPUS 2
 #define MAX_MSG 65535u
@@ -70,8 +72,6 @@ struct report {
 static struct report reports[MAX_CPUS];
 static uint8_t bufs[MAX_CPUS][MAX_MSG + 1] __attribute__((aligned(64)));
 static struct kt_chan chans[MAX_CPUS];
-static unsigned finished;
-static int status;
 
 static inline void put_seq(uint8_t *p, uint32_t seq)
 {
@@ -144,7 +144,12 @@ static int recv_check(struct kt_chan *ch, uint8_t *buf, unsigned cpu, uint32_t i
 	return 0;
 }
 
-static int do_recv(struct kt_chan *ch, uint8_t *buf, unsigned cpu, uint32_t n, uint32_t size)
+/*
+ * Receives and checks n messages (fewer when the END message comes), sending each one back when
+ * echo is set.
+ */
+static int recv_loop(struct kt_chan *ch, uint8_t *buf, unsigned cpu, uint32_t n, uint32_t size,
+		     bool echo)
 {
 	uint32_t i;
 
@@ -155,29 +160,16 @@ static int do_recv(struct kt_chan *ch, uint8_t *buf, unsigned cpu, uint32_t n, u
 			break;
 		if (r)
 			return r;
-	}
-	mark(MARK_END + cpu);
-	reports[cpu].done = i;
-	return 0;
-}
-
-static int do_echo(struct kt_chan *ch, uint8_t *buf, unsigned cpu, uint32_t n, uint32_t size)
-{
-	uint32_t i;
-
-	for (i = 0; i < n; i++) {
-		int r = recv_check(ch, buf, cpu, i, size);
-
-		if (r < 0)
-			break;
-		if (r)
-			return r;
+		if (!echo)
+			continue;
 		r = kt_chan_send(ch, buf, size);
 		if (r) {
 			kt_printf("bench-channel: cpu %u: echo %u failed: error %d\n", cpu, i, r);
 			return 3;
 		}
 	}
+	if (!echo)
+		mark(MARK_END + cpu);
 	reports[cpu].done = i;
 	return 0;
 }
@@ -239,8 +231,8 @@ static int run(unsigned cpu)
 		}
 		switch (kind) {
 		case KIND_SEND: r = do_send(ch, buf, cpu, n, size); break;
-		case KIND_RECV: r = do_recv(ch, buf, cpu, n, size); break;
-		case KIND_ECHO: r = do_echo(ch, buf, cpu, n, size); break;
+		case KIND_RECV: r = recv_loop(ch, buf, cpu, n, size, false); break;
+		case KIND_ECHO: r = recv_loop(ch, buf, cpu, n, size, true); break;
 		case KIND_PING: r = do_ping(ch, buf, cpu, n, size); break;
 		default: r = 6; break;
 		}
@@ -251,13 +243,5 @@ int main(unsigned cpu)
 {
 	int r = cpu < MAX_CPUS ? run(cpu) : 0;
 
-	if (r)
-		__atomic_compare_exchange_n(&status, &(int){0}, r, false, __ATOMIC_RELAXED,
-					    __ATOMIC_RELAXED);
-	__atomic_fetch_add(&finished, 1, __ATOMIC_RELEASE);
-	if (cpu != 0)
-		return 0;
-	while (__atomic_load_n(&finished, __ATOMIC_ACQUIRE) < kt_cpu_count())
-		kt_pause();
-	return __atomic_load_n(&status, __ATOMIC_RELAXED);
+	return finish_cpu(cpu, r);
 }

@@ -30,6 +30,8 @@
  */
 #include <kvmtalk.h>
 
+#include "cpu-finish.h"
+
 #define HC_CONFIG (KT_HC_USER_BASE + 64)
 #define MAX_CPUS 8
 #define MAX_MSG 65535u
@@ -42,8 +44,6 @@
 
 static uint8_t bufs[MAX_CPUS][MAX_MSG + 1];
 static struct kt_chan chans[MAX_CPUS];
-static unsigned finished;
-static int status;
 
 static uint32_t msg_len(uint32_t i, uint32_t max, bool fixed)
 {
@@ -156,13 +156,5 @@ int main(unsigned cpu)
 			r = stream(cpu, (unsigned long)cfg);
 		}
 	}
-	if (r)
-		__atomic_compare_exchange_n(&status, &(int){0}, r, false, __ATOMIC_RELAXED,
-					    __ATOMIC_RELAXED);
-	__atomic_fetch_add(&finished, 1, __ATOMIC_RELEASE);
-	if (cpu != 0)
-		return 0;
-	while (__atomic_load_n(&finished, __ATOMIC_ACQUIRE) < kt_cpu_count())
-		kt_pause();
-	return __atomic_load_n(&status, __ATOMIC_RELAXED);
+	return finish_cpu(cpu, r);
 }

@@ -179,10 +179,11 @@ export function buildGuests(opts: BuildOptions = {}): GuestBuild {
   const result: GuestBuild = { examples: [], tests: [], images: [] };
 
   for (const kind of ['examples', 'tests'] as const) {
+    const localHeaders = listFiles(join(sdk.root, kind), '.h'); // included as "x.h" by the sources
     for (const src of listFiles(join(sdk.root, kind), '.c')) {
       const out = guestPath(kind, src);
       result[kind].push(out);
-      if (!opts.force && isUpToDate([out], [src, ...sdkInputs])) continue;
+      if (!opts.force && isUpToDate([out], [src, ...sdkInputs, ...localHeaders])) continue;
       opts.log?.(`cc ${kind}/${basename(src)}`);
       compileGuest({
         sources: [src], output: out, cflags: kind === 'tests' ? TEST_FLAGS : [], log: opts.log,

@@ -23,6 +23,7 @@ import {
 } from '../../src/channel/channel-layout.js';
 import { Ring, RingCorruptedError } from '../../src/channel/ring.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { FNV_BASIS, Stream, fnv } from '../helpers/ring.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const FIXTURE = path.join(ROOT, 'test/fixtures/ring-c-test.c');
@@ -66,39 +67,6 @@ function run(args: (string | number)[], bin = exe): string {
 /** Path another process can open to map this process's guest RAM. */
 function memPath(mem: GuestMemory): string {
   return `/proc/${process.pid}/fd/${mem.regions[0].fd}`;
-}
-
-// The message streams of ring-c-test.c (xorshift32; lengths hit 0, the maximum, tiny and random).
-class Stream {
-  constructor(private s: number) {}
-  next(): number {
-    let x = this.s;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (this.s = x >>> 0);
-  }
-  message(max: number): Uint8Array {
-    let len: number;
-    switch (this.next() % 8) {
-      case 0: len = 0; break;
-      case 1: len = max; break;
-      case 2: len = Math.min(1 + (this.next() % 8), max); break;
-      default: len = this.next() % (max + 1);
-    }
-    const b = new Uint8Array(len);
-    for (let i = 0; i < len; i += 4) {
-      const w = this.next();
-      for (let k = 0; k < 4 && i + k < len; k++) b[i + k] = (w >>> (8 * k)) & 0xff;
-    }
-    return b;
-  }
-}
-
-function fnv(b: Uint8Array): number {
-  let h = 2166136261;
-  for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 16777619) >>> 0;
-  return h;
 }
 
 test('ring.h and channel-layout.ts agree on every constant and offset', () => {
@@ -222,7 +190,7 @@ test('drain: C reads TypeScript frames, and catches the corruption TypeScript in
       const lines = run(['drain', memPath(mem), gpa, Ring.sizeFor(cap)]).trim().split('\n');
       return { msgs: lines.slice(0, -1), end: lines[lines.length - 1] };
     };
-    const expectedMsgs = msgs.map((m) => `msg ${m.length} ${fnv(m)}`);
+    const expectedMsgs = msgs.map((m) => `msg ${m.length} ${fnv(FNV_BASIS, m)}`);
     const closedBy = (fault: keyof typeof RING_FAULT) => (CLOSED_BY_GUEST << 8) | RING_FAULT[fault];
 
     // Clean: all three, then empty (-KT_EAGAIN).

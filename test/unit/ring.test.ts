@@ -16,48 +16,25 @@ import {
 } from '../../src/channel/channel-layout.js';
 import { Ring, RingCorruptedError } from '../../src/channel/ring.js';
 import { GuestMemory, type MemoryRegion } from '../../src/memory/guest-memory.js';
-
-// ---- Deterministic message streams (the same generator as test/fixtures/ring-c-test.c) -------
-
-class Stream {
-  constructor(private s: number) {}
-  next(): number {
-    let x = this.s;
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (this.s = x >>> 0);
-  }
-  len(max: number): number {
-    switch (this.next() % 8) {
-      case 0: return 0;
-      case 1: return max;
-      case 2: return Math.min(1 + (this.next() % 8), max);
-      default: return this.next() % (max + 1);
-    }
-  }
-  fill(buf: Uint8Array, len: number): void {
-    for (let i = 0; i < len; i += 4) {
-      const w = this.next();
-      for (let k = 0; k < 4 && i + k < len; k++) buf[i + k] = (w >>> (8 * k)) & 0xff;
-    }
-  }
-  message(max: number): Uint8Array {
-    const len = this.len(max);
-    const b = new Uint8Array(len);
-    this.fill(b, len);
-    return b;
-  }
-}
-
-function fnv(h: number, b: Uint8Array): number {
-  for (let i = 0; i < b.length; i++) h = Math.imul(h ^ b[i], 16777619) >>> 0;
-  return h;
-}
+import { FNV_BASIS, Stream, fnv } from '../helpers/ring.js';
 
 /** A fresh 8-aligned view of exactly one ring region (its own ArrayBuffer, so any OOB DataView access throws). */
 function region(capacity: number): Uint8Array {
   return new Uint8Array(Ring.sizeFor(capacity));
+}
+
+/** A fresh ring region formatted by a producer, and a consumer attached to it. */
+function ringPair(capacity: number): { view: Uint8Array; prod: Ring; cons: Ring } {
+  const view = region(capacity);
+  const prod = Ring.init(view, capacity);
+  return { view, prod, cons: Ring.attach(view) };
+}
+
+/** A ringPair holding `count` 32-byte messages, filled with 1, 2, 3, ... */
+function ringWithMessages(capacity: number, count: number): { view: Uint8Array; prod: Ring; cons: Ring } {
+  const ring = ringPair(capacity);
+  for (let i = 0; i < count; i++) assert.ok(ring.prod.tryWrite(new Uint8Array(32).fill(i + 1)));
+  return ring;
 }
 
 function u32(view: Uint8Array, off: number): number {
@@ -65,6 +42,60 @@ function u32(view: Uint8Array, off: number): number {
 }
 function setU32(view: Uint8Array, off: number, v: number): void {
   new DataView(view.buffer, view.byteOffset).setUint32(off, v >>> 0, true);
+}
+
+/** A frame running past the end of the data area, and a wrap marker past the producer index. */
+const END_CASES = [['frame-crosses-end', 40], ['frame-overrun', FRAME_WRAP]] as const;
+
+/**
+ * A ring with a bad frame at its end: `advance` moves both indices to offset capacity - 16
+ * (`frames` empty messages), then the frame there gets length word `len` and the producer
+ * publishes 8 bytes for a wrap marker (it pads 16), 56 for a long frame (it fits before the
+ * producer index, not before the end). Returns the consumer.
+ */
+function frameAtEnd(capacity: number, len: number, advance: (prod: Ring, cons: Ring, frames: number) => void): Ring {
+  const { view, prod, cons } = ringPair(capacity);
+  advance(prod, cons, (capacity - 16) / 8);
+  const p = u32(view, RING_OFF.prod);
+  setU32(view, RING_HEADER_SIZE + (capacity - 16), len);
+  setU32(view, RING_OFF.prod, p + (len === FRAME_WRAP ? 8 : 56));
+  return cons;
+}
+
+// ---- Fuzzing ----------------------------------------------------------------------------------
+
+const GUARD = 256;
+
+/** Like ringPair, but the region is in the middle of a larger buffer filled with 0xee: the guards catch stray writes. */
+function guardedPair(capacity: number): { whole: Uint8Array; view: Uint8Array; prod: Ring; cons: Ring } {
+  const whole = new Uint8Array(GUARD + Ring.sizeFor(capacity) + GUARD).fill(0xee);
+  const view = whole.subarray(GUARD, GUARD + Ring.sizeFor(capacity));
+  const prod = Ring.init(view, capacity);
+  return { whole, view, prod, cons: Ring.attach(view) };
+}
+
+function assertGuardsIntact(whole: Uint8Array, trial: number): void {
+  for (let i = 0; i < GUARD; i++) {
+    if (whole[i] !== 0xee || whole[whole.length - 1 - i] !== 0xee) assert.fail(`trial ${trial}: a write outside the ring region`);
+  }
+}
+
+/** Garbage in one of the header `words`: random, or small and 8-aligned like an index. */
+function corruptWord(gen: Stream, dv: DataView, words: number[]): void {
+  const v = gen.next();
+  dv.setUint32(words[gen.next() % words.length], gen.next() % 2 ? v : v & 0xfff8, true);
+}
+
+/** A random frame header in the data area: a wrap marker or a length up to twice the capacity, sometimes a non-zero reserved word. */
+function corruptFrame(gen: Stream, dv: DataView, capacity: number): void {
+  const at = RING_HEADER_SIZE + ((gen.next() % capacity) & ~7);
+  dv.setUint32(at, gen.next() % 3 === 0 ? FRAME_WRAP : gen.next() % (2 * capacity), true);
+  if (gen.next() % 4 === 0) dv.setUint32(at + 4, gen.next(), true);
+}
+
+/** Random bytes scattered over the data area. */
+function scribble(gen: Stream, view: Uint8Array): void {
+  for (let i = RING_HEADER_SIZE; i < view.length; i++) if (gen.next() % 16 === 0) view[i] = gen.next() & 0xff;
 }
 
 function assertFault(fn: () => unknown, fault: keyof typeof RING_FAULT): RingCorruptedError {
@@ -152,7 +183,7 @@ function spin(step: () => boolean, done: () => boolean, what: string): void {
  */
 function workerMain(job: StressJob): StressResult {
   if (job.kind === 'litmus') return litmus(job);
-  const res: StressResult = { sent: 0, received: 0, checksum: 2166136261 };
+  const res: StressResult = { sent: 0, received: 0, checksum: FNV_BASIS };
   if (job.kind === 'produce-sab') {
     const ring = Ring.attach(new Uint8Array(job.sab!, job.ringOffset, job.ringSize));
     const gen = new Stream(job.seed);
@@ -194,6 +225,41 @@ function workerMain(job: StressJob): StressResult {
     return progress;
   }, () => res.sent === job.n && res.received === job.n, 'guest');
   return res;
+}
+
+/**
+ * The SharedArrayBuffer stress test: a worker produces 1e5 messages of stream `seed` into a
+ * 1024-byte ring; this thread consumes them with the step `consumer` returns (which hands each
+ * message to `check`, and returns whether it made progress), then compares contents, count and
+ * checksum.
+ */
+async function sabStress(seed: number, consumer: (cons: Ring, check: (msg: Uint8Array) => void, received: () => number) => () => boolean): Promise<void> {
+  const cap = 1024;
+  const offset = 128;
+  const sab = new SharedArrayBuffer(offset + Ring.sizeFor(cap) + 128);
+  const cons = Ring.init(new Uint8Array(sab, offset, Ring.sizeFor(cap)), cap);
+  const n = 100_000;
+  const worker = runWorker({ kind: 'produce-sab', n, seed, sab, ringOffset: offset, ringSize: Ring.sizeFor(cap) });
+  const gen = new Stream(seed);
+  const want = new Uint8Array(cons.maxMessageSize);
+  let checksum = FNV_BASIS;
+  let received = 0;
+  let mismatch = '';
+  const check = (msg: Uint8Array): void => {
+    const len = msg.length;
+    const wlen = gen.len(cons.maxMessageSize);
+    gen.fill(want, wlen);
+    if (!mismatch && (len !== wlen || Buffer.compare(msg, want.subarray(0, wlen)) !== 0)) mismatch = `message ${received}: ${len} bytes, want ${wlen}`;
+    checksum = fnv(checksum, msg);
+    received++;
+  };
+  spin(consumer(cons, check, () => received), () => received === n, 'consumer');
+  const res = await worker;
+  assert.equal(res.error, undefined);
+  assert.equal(mismatch, '');
+  assert.equal(res.sent, n);
+  assert.equal(checksum, res.checksum);
+  assert.equal(cons.tryRead(), null);
 }
 
 function runWorker(job: StressJob): Promise<StressResult> {
@@ -240,9 +306,7 @@ function registerTests(): void {
 
   test('messages of every size keep their order across many wraparounds (tryRead, readInto, peekLength)', () => {
     for (const cap of [64, 256, 4096]) {
-      const view = region(cap);
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
+      const { prod, cons } = ringPair(cap);
       const gen = new Stream(0x1234 + cap);
       const pending: Uint8Array[] = [];
       const buf = new Uint8Array(cons.maxMessageSize);
@@ -287,9 +351,7 @@ function registerTests(): void {
 
   test('full and empty: a maximal message always fits an empty ring, whatever the offset', () => {
     const cap = 256;
-    const view = region(cap);
-    const prod = Ring.init(view, cap);
-    const cons = Ring.attach(view);
+    const { prod, cons } = ringPair(cap);
     assert.equal(cons.tryRead(), null);
     assert.equal(cons.readInto(new Uint8Array(1)), null);
     assert.equal(prod.free(), cap);
@@ -325,9 +387,7 @@ function registerTests(): void {
   });
 
   test('doorbell flags: prepare-wait re-checks after setting the flag; the other side sees it', () => {
-    const view = region(256);
-    const prod = Ring.init(view, 256);
-    const cons = Ring.attach(view);
+    const { view, prod, cons } = ringPair(256);
     assert.equal(prod.dataDoorbellNeeded(), false);
     assert.equal(cons.prepareWaitData(), true, 'empty: go to sleep');
     assert.equal(u32(view, RING_OFF.wantData), 1);
@@ -348,66 +408,26 @@ function registerTests(): void {
   });
 
   test('two threads, SharedArrayBuffer: 1e5 messages with content and checksum checks', async () => {
-    const cap = 1024;
-    const offset = 128;
-    const sab = new SharedArrayBuffer(offset + Ring.sizeFor(cap) + 128);
-    const cons = Ring.init(new Uint8Array(sab, offset, Ring.sizeFor(cap)), cap);
-    const n = 100_000;
-    const seed = 0xc0ffee;
-    const worker = runWorker({ kind: 'produce-sab', n, seed, sab, ringOffset: offset, ringSize: Ring.sizeFor(cap) });
-    const gen = new Stream(seed);
-    const want = new Uint8Array(cons.maxMessageSize);
-    const buf = new Uint8Array(cons.maxMessageSize);
-    let checksum = 2166136261;
-    let received = 0;
-    let mismatch = '';
-    spin(() => {
-      const len = cons.readInto(buf);
-      if (len === null) return false;
-      const wlen = gen.len(cons.maxMessageSize);
-      gen.fill(want, wlen);
-      if (!mismatch && (len !== wlen || Buffer.compare(buf.subarray(0, len), want.subarray(0, wlen)) !== 0)) mismatch = `message ${received}: ${len} bytes, want ${wlen}`;
-      checksum = fnv(checksum, buf.subarray(0, len));
-      received++;
-      return true;
-    }, () => received === n, 'consumer');
-    const res = await worker;
-    assert.equal(res.error, undefined);
-    assert.equal(mismatch, '');
-    assert.equal(res.sent, n);
-    assert.equal(checksum, res.checksum);
-    assert.equal(cons.tryRead(), null);
+    await sabStress(0xc0ffee, (cons, check) => {
+      const buf = new Uint8Array(cons.maxMessageSize);
+      return () => {
+        const len = cons.readInto(buf);
+        if (len === null) return false;
+        check(buf.subarray(0, len));
+        return true;
+      };
+    });
   });
 
   test('two threads, SharedArrayBuffer: 1e5 messages through readBatch (in place, batched index stores)', async () => {
-    const cap = 1024;
-    const offset = 128;
-    const sab = new SharedArrayBuffer(offset + Ring.sizeFor(cap) + 128);
-    const cons = Ring.init(new Uint8Array(sab, offset, Ring.sizeFor(cap)), cap);
-    const n = 100_000;
-    const seed = 0xba7c4ed;
-    const worker = runWorker({ kind: 'produce-sab', n, seed, sab, ringOffset: offset, ringSize: Ring.sizeFor(cap) });
-    const gen = new Stream(seed);
-    const want = new Uint8Array(cons.maxMessageSize);
-    const copy = new Uint8Array(cons.maxMessageSize);
-    let checksum = 2166136261;
-    let received = 0;
-    let mismatch = '';
-    const check = (data: Uint8Array, off: number, len: number): void => {
-      copy.set(data.subarray(off, off + len)); // read once, check the copy
-      const wlen = gen.len(cons.maxMessageSize);
-      gen.fill(want, wlen);
-      if (!mismatch && (len !== wlen || Buffer.compare(copy.subarray(0, len), want.subarray(0, wlen)) !== 0)) mismatch = `message ${received}: ${len} bytes, want ${wlen}`;
-      checksum = fnv(checksum, copy.subarray(0, len));
-      received++;
-    };
-    spin(() => cons.readBatch(check, 1 + (received % 7)) > 0, () => received === n, 'consumer');
-    const res = await worker;
-    assert.equal(res.error, undefined);
-    assert.equal(mismatch, '');
-    assert.equal(res.sent, n);
-    assert.equal(checksum, res.checksum);
-    assert.equal(cons.tryRead(), null);
+    await sabStress(0xba7c4ed, (cons, check, received) => {
+      const copy = new Uint8Array(cons.maxMessageSize);
+      const onMessage = (data: Uint8Array, off: number, len: number): void => {
+        copy.set(data.subarray(off, off + len)); // read once, check the copy
+        check(copy.subarray(0, len));
+      };
+      return () => cons.readBatch(onMessage, 1 + (received() % 7)) > 0;
+    });
   });
 
   test('two threads over guest RAM (memfd, koffi views): a full channel in both directions', async () => {
@@ -484,9 +504,7 @@ function registerTests(): void {
       ['behind the consumer', (_v, p) => p - 8],
     ];
     for (const [what, bad] of cases) {
-      const view = region(1024);
-      const prod = Ring.init(view, 1024);
-      const cons = Ring.attach(view);
+      const { view, prod, cons } = ringPair(1024);
       prod.tryWrite(new Uint8Array(16));
       assert.ok(cons.tryRead());
       setU32(view, RING_OFF.prod, bad(view, u32(view, RING_OFF.prod)));
@@ -502,9 +520,7 @@ function registerTests(): void {
     }
 
     // Going backwards after having seen more: frames the consumer was promised vanish.
-    const view = region(1024);
-    const prod = Ring.init(view, 1024);
-    const cons = Ring.attach(view);
+    const { view, prod, cons } = ringPair(1024);
     prod.tryWrite(new Uint8Array(16));
     prod.tryWrite(new Uint8Array(16));
     assert.equal(cons.available(), 48);
@@ -521,9 +537,7 @@ function registerTests(): void {
       assertFault(() => prod.tryWrite(new Uint8Array(1)), 'index-out-of-range');
     }
     // Backwards: the consumer un-reads a frame.
-    const view = region(1024);
-    const prod = Ring.init(view, 1024);
-    const cons = Ring.attach(view);
+    const { view, prod, cons } = ringPair(1024);
     prod.tryWrite(new Uint8Array(8));
     cons.tryRead();
     assert.equal(prod.free(), 1024);
@@ -533,13 +547,7 @@ function registerTests(): void {
 
   test('corruption: frame lengths and markers', () => {
     const cap = 1024;
-    const setup = () => {
-      const view = region(cap);
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
-      assert.ok(prod.tryWrite(new Uint8Array(32).fill(1)));
-      return { view, prod, cons };
-    };
+    const setup = () => ringWithMessages(cap, 1);
     const data = RING_HEADER_SIZE;
     const cases: [keyof typeof RING_FAULT, (v: Uint8Array) => void][] = [
       ['bad-length', (v) => setU32(v, data, cap * 4)], // larger than the ring
@@ -558,19 +566,13 @@ function registerTests(): void {
     }
 
     // A frame running past the end of the data area, and a wrap marker past the producer index.
-    for (const [fault, len] of [['frame-crosses-end', 40], ['frame-overrun', FRAME_WRAP]] as const) {
-      const view = region(cap);
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
-      // Move both indices to offset cap - 16.
-      for (let i = 0; i < (cap - 16) / 8; i++) {
-        prod.tryWrite(new Uint8Array(0));
-        cons.tryRead();
-      }
-      const p = u32(view, RING_OFF.prod);
-      setU32(view, data + (cap - 16), len);
-      // Publish 8 bytes for the wrap case (it pads 16), 56 for the long frame (fits before p, not before the end).
-      setU32(view, RING_OFF.prod, p + (len === FRAME_WRAP ? 8 : 56));
+    for (const [fault, len] of END_CASES) {
+      const cons = frameAtEnd(cap, len, (prod, cons, frames) => {
+        for (let i = 0; i < frames; i++) {
+          prod.tryWrite(new Uint8Array(0));
+          cons.tryRead();
+        }
+      });
       assertFault(() => cons.tryRead(), fault);
     }
   });
@@ -623,9 +625,7 @@ function registerTests(): void {
 
   test('readBatch: order, wraparound, max, early stop, in-place bounds and batched index stores', () => {
     for (const cap of [64, 256, 4096]) {
-      const view = region(cap);
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
+      const { prod, cons } = ringPair(cap);
       const gen = new Stream(0xba7c + cap);
       const pending: Uint8Array[] = [];
       let produced = 0;
@@ -667,9 +667,7 @@ function registerTests(): void {
 
     // A long batch hands space back every capacity / 4 bytes, not only at its end.
     const cap = 1024;
-    const view = region(cap);
-    const prod = Ring.init(view, cap);
-    const cons = Ring.attach(view);
+    const { view, prod, cons } = ringPair(cap);
     while (prod.tryWrite(new Uint8Array(24)));
     const published: number[] = [];
     assert.equal(cons.readBatch(() => void published.push(u32(view, RING_OFF.cons))), cap / 32);
@@ -679,9 +677,7 @@ function registerTests(): void {
   });
 
   test('readBatch: a throwing callback keeps its message taken; consumer calls from the callback are refused', () => {
-    const view = region(256);
-    const prod = Ring.init(view, 256);
-    const cons = Ring.attach(view);
+    const { view, prod, cons } = ringPair(256);
     for (let i = 0; i < 4; i++) prod.tryWrite(new Uint8Array([i]));
     const got: number[] = [];
     assert.throws(() => cons.readBatch((d, o) => {
@@ -700,13 +696,7 @@ function registerTests(): void {
     const cap = 1024;
     const data = RING_HEADER_SIZE;
     // Two good 32-byte messages (40-byte frames), then the frame under test at data + 80.
-    const setup = () => {
-      const view = region(cap);
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
-      for (let i = 0; i < 3; i++) assert.ok(prod.tryWrite(new Uint8Array(32).fill(i + 1)));
-      return { view, prod, cons };
-    };
+    const setup = () => ringWithMessages(cap, 3);
     const at = data + 80;
     const cases: [keyof typeof RING_FAULT, (v: Uint8Array) => void][] = [
       ['bad-length', (v) => setU32(v, at, cap * 4)],
@@ -739,31 +729,23 @@ function registerTests(): void {
       setU32(view, data, FRAME_WRAP);
       assertFault(() => cons.readBatch(() => assert.fail('no frame is valid')), 'frame-crosses-end');
     }
-    for (const [fault, len] of [['frame-crosses-end', 40], ['frame-overrun', FRAME_WRAP]] as const) {
-      const view = region(cap);
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
-      for (let i = 0; i < (cap - 16) / 8; i++) prod.tryWrite(new Uint8Array(0));
-      assert.equal(cons.readBatch(() => {}), (cap - 16) / 8);
-      const p = u32(view, RING_OFF.prod);
-      setU32(view, data + (cap - 16), len);
-      setU32(view, RING_OFF.prod, p + (len === FRAME_WRAP ? 8 : 56));
+    for (const [fault, len] of END_CASES) {
+      const cons = frameAtEnd(cap, len, (prod, cons, frames) => {
+        for (let i = 0; i < frames; i++) prod.tryWrite(new Uint8Array(0));
+        assert.equal(cons.readBatch(() => {}), frames);
+      });
       assertFault(() => cons.readBatch(() => assert.fail('no frame is valid')), fault);
     }
   });
 
   test('fuzz: readBatch over random garbage hands out only in-bounds frames and throws only RingCorruptedError', () => {
     const gen = new Stream(0xb47c4);
-    const GUARD = 256;
     let faults = 0;
     let reads = 0;
     const trials = 3000;
     for (let trial = 0; trial < trials; trial++) {
       const cap = 64 << (gen.next() % 6);
-      const whole = new Uint8Array(GUARD + Ring.sizeFor(cap) + GUARD).fill(0xee);
-      const view = whole.subarray(GUARD, GUARD + Ring.sizeFor(cap));
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
+      const { whole, view, prod, cons } = guardedPair(cap);
       const model: Uint8Array[] = [];
       let corrupted = false;
       const dv = new DataView(view.buffer, view.byteOffset, view.length);
@@ -787,14 +769,11 @@ function registerTests(): void {
             const kind = gen.next() % 4;
             if (kind === 0) {
               const words = [RING_OFF.magic, RING_OFF.capacity, RING_OFF.maxMessage, RING_OFF.close, RING_OFF.prod];
-              const v = gen.next();
-              dv.setUint32(words[gen.next() % words.length], gen.next() % 2 ? v : v & 0xfff8, true);
+              corruptWord(gen, dv, words);
             } else if (kind === 1) {
-              const at = RING_HEADER_SIZE + ((gen.next() % cap) & ~7);
-              dv.setUint32(at, gen.next() % 3 === 0 ? FRAME_WRAP : gen.next() % (2 * cap), true);
-              if (gen.next() % 4 === 0) dv.setUint32(at + 4, gen.next(), true);
+              corruptFrame(gen, dv, cap);
             } else if (kind === 2) {
-              for (let i = RING_HEADER_SIZE; i < view.length; i++) if (gen.next() % 16 === 0) view[i] = gen.next() & 0xff;
+              scribble(gen, view);
             } else {
               dv.setUint32(RING_OFF.prod, (dv.getUint32(RING_OFF.prod, true) + (gen.next() % 64) * 8 - 256) >>> 0, true);
             }
@@ -805,9 +784,7 @@ function registerTests(): void {
         assert.ok(corrupted, `a ring nobody corrupted failed: ${e.message}`);
         faults++;
       }
-      for (let i = 0; i < GUARD; i++) {
-        if (whole[i] !== 0xee || whole[whole.length - 1 - i] !== 0xee) assert.fail(`trial ${trial}: a write outside the ring region`);
-      }
+      assertGuardsIntact(whole, trial);
     }
     assert.ok(faults > trials / 4, `only ${faults} of ${trials} trials detected corruption`);
     assert.ok(reads > trials * 10, `only ${reads} messages read`);
@@ -845,18 +822,13 @@ function registerTests(): void {
 
   test('fuzz: random garbage over header and data never escapes as anything but RingCorruptedError', () => {
     const gen = new Stream(0x5eed);
-    const GUARD = 256;
     let faults = 0;
     let reads = 0;
     let attachFaults = 0;
     const trials = 4000;
     for (let trial = 0; trial < trials; trial++) {
       const cap = 64 << (gen.next() % 6);
-      // The ring in the middle of a larger buffer: the guards catch stray writes.
-      const whole = new Uint8Array(GUARD + Ring.sizeFor(cap) + GUARD).fill(0xee);
-      const view = whole.subarray(GUARD, GUARD + Ring.sizeFor(cap));
-      const prod = Ring.init(view, cap);
-      const cons = Ring.attach(view);
+      const { whole, view, prod, cons } = guardedPair(cap);
       const model: Uint8Array[] = [];
       let corrupted = false;
       try {
@@ -889,14 +861,11 @@ function registerTests(): void {
               for (let i = 0; i < RING_HEADER_SIZE; i += 4) if (gen.next() % 8 === 0) dv.setUint32(i, gen.next(), true);
             } else if (kind === 1) {
               const words = [RING_OFF.magic, RING_OFF.version, RING_OFF.capacity, RING_OFF.maxMessage, RING_OFF.headerSize, RING_OFF.flags, RING_OFF.close, RING_OFF.prod, RING_OFF.cons];
-              const v = gen.next();
-              dv.setUint32(words[gen.next() % words.length], gen.next() % 2 ? v : v & 0xfff8, true);
+              corruptWord(gen, dv, words);
             } else if (kind === 2) {
-              const at = RING_HEADER_SIZE + ((gen.next() % cap) & ~7);
-              dv.setUint32(at, gen.next() % 3 === 0 ? FRAME_WRAP : gen.next() % (2 * cap), true);
-              if (gen.next() % 4 === 0) dv.setUint32(at + 4, gen.next(), true);
+              corruptFrame(gen, dv, cap);
             } else if (kind === 3) {
-              for (let i = RING_HEADER_SIZE; i < view.length; i++) if (gen.next() % 16 === 0) view[i] = gen.next() & 0xff;
+              scribble(gen, view);
             } else {
               const w = gen.next() % 2 ? RING_OFF.prod : RING_OFF.cons;
               dv.setUint32(w, (dv.getUint32(w, true) + (gen.next() % 64) * 8 - 256) >>> 0, true);
@@ -915,9 +884,7 @@ function registerTests(): void {
         if (!(e instanceof RingCorruptedError)) throw e;
         attachFaults++;
       }
-      for (let i = 0; i < GUARD; i++) {
-        if (whole[i] !== 0xee || whole[whole.length - 1 - i] !== 0xee) assert.fail(`trial ${trial}: a write outside the ring region`);
-      }
+      assertGuardsIntact(whole, trial);
     }
     assert.ok(faults > trials / 4, `only ${faults} of ${trials} trials detected corruption`);
     assert.ok(reads > trials * 10, `only ${reads} messages read`);
