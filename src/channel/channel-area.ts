@@ -10,11 +10,11 @@
  *
  * @module
  */
-import { BOOT_INFO, SYSTEM_END } from '../arch/x86/layout.js';
+import { CHANNEL_AREA, SYSTEM_END } from '../arch/x86/layout.js';
 import { isValidCapacity } from './channel-layout.js';
 
 /** Guest-physical base of the channel area (and of its directory). */
-export const CHANNEL_AREA_BASE = BOOT_INFO;
+export const CHANNEL_AREA_BASE = CHANNEL_AREA;
 /** End of the channel area (exclusive): where the program image starts. */
 export const CHANNEL_AREA_END = SYSTEM_END;
 /** Bytes of the directory at the start of the area. */

@@ -15,7 +15,8 @@ export const TSS_BASE = 0x50000;
 export const TSS_STRIDE = 0x3000;
 export const KERNEL_STACKS = 0x110000;
 export const KERNEL_STACK_SIZE = 0x2000;
-export const BOOT_INFO = 0x200000;
+/** Channel directory and channel regions (docs/channels.md), up to SYSTEM_END. */
+export const CHANNEL_AREA = 0x200000;
 /** Default ELF base of the SDK's linker script. */
 export const IMAGE_BASE = 0x400000;
 /** End of the VMM-owned area: images must not load below this (except raw real-mode images). */
