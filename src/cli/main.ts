@@ -8,6 +8,7 @@ import { registerCc, registerSdk } from './commands/cc.js';
 import { registerDemo } from './commands/demo.js';
 import { registerInfo } from './commands/info.js';
 import { registerAttach, registerPs } from './commands/attach.js';
+import { registerBpf } from './commands/bpf.js';
 import { registerRun } from './commands/run.js';
 import { registerTranslate } from './commands/translate.js';
 import { reportError } from './errors.js';
@@ -27,6 +28,7 @@ registerBench(program);
 registerTranslate(program);
 registerAttach(program);
 registerPs(program);
+registerBpf(program);
 
 try {
   await program.parseAsync(process.argv);
