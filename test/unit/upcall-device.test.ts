@@ -1,0 +1,330 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { DeviceHost } from '../../src/devices/device.js';
+import {
+  UPCALL_BASE,
+  UPCALL_CMD,
+  UPCALL_ERRNO,
+  UPCALL_IRQ,
+  UPCALL_MAGIC,
+  UPCALL_REG,
+  UPCALL_VERSION,
+  UPCALL_WINDOW_OFFSET,
+  UPCALL_WINDOW_SIZE,
+  UpcallCancelledError,
+  UpcallDevice,
+  type LoadStatus,
+} from '../../src/devices/upcall-device.js';
+
+class FakeHost implements DeviceHost {
+  constructor(readonly cpu = 0) {}
+  exitVm(): void {
+    throw new Error('the upcall device must not end the VM');
+  }
+  parkVcpu(): void {
+    throw new Error('the upcall device must not park');
+  }
+  emit(): void {}
+}
+
+function setup(vcpuCount?: number) {
+  const irqs: number[] = [];
+  const dev = new UpcallDevice({ raiseIrq: (v) => irqs.push(v), ...(vcpuCount === undefined ? {} : { vcpuCount }) });
+  const host = new FakeHost(1);
+  const read = (off: number): number => {
+    const data = new Uint8Array(4);
+    dev.mmioRead(UPCALL_BASE + BigInt(off), data, host);
+    return (data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) >>> 0;
+  };
+  const write = (off: number, value: number): void => {
+    const data = new Uint8Array([value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff]);
+    dev.mmioWrite(UPCALL_BASE + BigInt(off), data, host);
+  };
+  return { dev, irqs, host, read, write };
+}
+
+/** What a guest driver does: read DATA_LEN bytes through the window, paging with DATA_OFFSET. */
+function guestReadProgram(read: (o: number) => number, write: (o: number, v: number) => void): Uint8Array {
+  const len = read(UPCALL_REG.DATA_LEN);
+  const out = new Uint8Array(len);
+  for (let page = 0; page < len; page += UPCALL_WINDOW_SIZE) {
+    write(UPCALL_REG.DATA_OFFSET, page);
+    for (let i = 0; i < UPCALL_WINDOW_SIZE && page + i < len; i += 4) {
+      const w = read(UPCALL_WINDOW_OFFSET + i);
+      for (let b = 0; b < 4 && page + i + b < len; b++) out[page + i + b] = (w >>> (8 * b)) & 0xff;
+    }
+  }
+  return out;
+}
+
+function randomProgram(len: number, seed: number): Uint8Array {
+  const p = new Uint8Array(len);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < len; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    p[i] = x & 0xff;
+  }
+  return p;
+}
+
+test('identification registers and reset state', () => {
+  const { read } = setup();
+  assert.equal(read(UPCALL_REG.MAGIC), UPCALL_MAGIC);
+  assert.equal(Buffer.from([0x4b, 0x54, 0x55, 0x50]).toString(), 'KTUP');
+  assert.equal(read(UPCALL_REG.VERSION), UPCALL_VERSION);
+  assert.equal(read(UPCALL_REG.WINDOW_SIZE), UPCALL_WINDOW_SIZE);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS), 0);
+  assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0);
+  assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.NONE);
+  assert.equal(read(UPCALL_REG.DATA_LEN), 0);
+  assert.equal(read(UPCALL_REG.AFFINITY), 0xffffffff);
+  assert.equal(read(UPCALL_WINDOW_OFFSET), 0);
+});
+
+test('IRQ_VECTOR accepts 0 and 0x20–0xef only', () => {
+  const { dev, read, write } = setup();
+  write(UPCALL_REG.IRQ_VECTOR, 0x41);
+  assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0x41);
+  for (const bad of [0x1f, 0xf0, 0xff, 0x100, 0xffffffff]) write(UPCALL_REG.IRQ_VECTOR, bad);
+  assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0x41);
+  assert.equal(dev.counters.badValue, 5);
+  write(UPCALL_REG.IRQ_VECTOR, 0);
+  assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0);
+});
+
+test('deliver: interrupt, paged DATA window, STATUS + ACK resolve the promise', async () => {
+  const { dev, irqs, read, write } = setup();
+  write(UPCALL_REG.IRQ_VECTOR, 0x50);
+  const program = randomProgram(5000, 7); // > two windows, not a multiple of 4
+  const done = dev.deliver(program, 3);
+  assert.deepEqual(irqs, [0x50]);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS) & UPCALL_IRQ.CMD_PENDING, UPCALL_IRQ.CMD_PENDING);
+  assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.LOAD_PROGRAM);
+  assert.equal(read(UPCALL_REG.COMMAND_ARG), 3);
+  const seq = read(UPCALL_REG.COMMAND_SEQ);
+  assert.equal(seq, 1);
+  assert.equal(read(UPCALL_REG.DATA_LEN), 5000);
+  assert.deepEqual(guestReadProgram(read, write), program);
+  // Past the end of the program the window reads zeros.
+  write(UPCALL_REG.DATA_OFFSET, 4996);
+  assert.equal(read(UPCALL_WINDOW_OFFSET), (program[4996]! | (program[4997]! << 8) | (program[4998]! << 16) | (program[4999]! << 24)) >>> 0);
+  assert.equal(read(UPCALL_WINDOW_OFFSET + 4), 0);
+  // Unaligned DATA_OFFSET is refused.
+  write(UPCALL_REG.DATA_OFFSET, 6);
+  assert.equal(read(UPCALL_REG.DATA_OFFSET), 4996);
+  // Write-1-to-clear.
+  write(UPCALL_REG.IRQ_STATUS, UPCALL_IRQ.CMD_PENDING);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS) & UPCALL_IRQ.CMD_PENDING, 0);
+  // The guest rejects it at instruction 17.
+  write(UPCALL_REG.STATUS, -UPCALL_ERRNO.EINVAL >>> 0);
+  write(UPCALL_REG.STATUS_PC, 17);
+  write(UPCALL_REG.ACK, seq + 1); // stale: ignored
+  assert.equal(dev.counters.staleAcks, 1);
+  assert.equal(dev.pendingCommands, 1);
+  write(UPCALL_REG.ACK, seq);
+  assert.deepEqual(await done, { status: -22, pc: 17, seq: 1 } satisfies LoadStatus);
+  assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.NONE);
+  assert.equal(read(UPCALL_REG.DATA_LEN), 0);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS), UPCALL_IRQ.CMD_DONE);
+  write(UPCALL_REG.ACK, seq); // a second ACK is stale
+  assert.equal(dev.counters.staleAcks, 2);
+});
+
+test('commands queue; each ACK posts the next; STATUS defaults to success', async () => {
+  const { dev, irqs, read, write } = setup();
+  const a = dev.deliver(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), 1);
+  const b = dev.unload(1);
+  assert.equal(dev.pendingCommands, 2);
+  assert.deepEqual(irqs, [], 'no vector yet: no interrupt');
+  write(UPCALL_REG.IRQ_VECTOR, 0x30); // pending event delivered once a vector is set
+  assert.deepEqual(irqs, [0x30]);
+  write(UPCALL_REG.ACK, read(UPCALL_REG.COMMAND_SEQ));
+  assert.deepEqual(await a, { status: 0, pc: null, seq: 1 });
+  assert.deepEqual(irqs, [0x30, 0x30]);
+  assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.UNLOAD);
+  assert.equal(read(UPCALL_REG.DATA_LEN), 0);
+  assert.equal(read(UPCALL_REG.STATUS_PC), 0xffffffff);
+  write(UPCALL_REG.ACK, 2);
+  assert.deepEqual(await b, { status: 0, pc: null, seq: 2 });
+});
+
+test('deliver rejects bad host arguments; cancelAll rejects and tells the guest', async () => {
+  const { dev, irqs, read, write } = setup();
+  await assert.rejects(dev.deliver(new Uint8Array(0), 0), RangeError);
+  await assert.rejects(dev.deliver(new Uint8Array(4), -1), RangeError);
+  await assert.rejects(dev.deliver(new Uint8Array((1 << 20) + 1), 0), RangeError);
+  write(UPCALL_REG.IRQ_VECTOR, 0x22);
+  const p1 = dev.deliver(new Uint8Array(8), 0);
+  const p2 = dev.deliver(new Uint8Array(8), 0);
+  dev.cancelAll('vm stopping');
+  await assert.rejects(p1, UpcallCancelledError);
+  await assert.rejects(p2, UpcallCancelledError);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS), UPCALL_IRQ.CMD_CANCELLED);
+  assert.equal(read(UPCALL_REG.COMMAND), 0);
+  assert.deepEqual(irqs, [0x22, 0x22]);
+  write(UPCALL_REG.IRQ_STATUS, 0xffffffff);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS), 0);
+});
+
+test('AFFINITY: handler result in AFFINITY_STATUS; self, range, missing and throwing handlers', () => {
+  const { dev, read, write } = setup(4);
+  write(UPCALL_REG.AFFINITY, (2 << 16) | 5);
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EOPNOTSUPP);
+  const seen: unknown[] = [];
+  dev.onAffinity((req) => {
+    seen.push(req);
+    return req.hostCpu >= 8 ? -UPCALL_ERRNO.EINVAL : 0;
+  });
+  write(UPCALL_REG.AFFINITY, (2 << 16) | 5);
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS), 0);
+  assert.equal(read(UPCALL_REG.AFFINITY), (2 << 16) | 5);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS) & UPCALL_IRQ.AFFINITY_DONE, UPCALL_IRQ.AFFINITY_DONE);
+  write(UPCALL_REG.AFFINITY, (0 << 16) | 9);
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EINVAL);
+  write(UPCALL_REG.AFFINITY, (0xffff << 16) | 1); // the writing vCPU (FakeHost.cpu = 1)
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS), 0);
+  write(UPCALL_REG.AFFINITY, (4 << 16) | 1); // no vCPU 4: the handler is not asked
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EINVAL);
+  assert.deepEqual(seen, [{ vcpu: 2, hostCpu: 5 }, { vcpu: 0, hostCpu: 9 }, { vcpu: 1, hostCpu: 1 }]);
+  dev.onAffinity(() => {
+    throw new Error('boom');
+  });
+  write(UPCALL_REG.AFFINITY, 1);
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EIO);
+  dev.onAffinity(() => 7); // not 0 or a negative errno
+  write(UPCALL_REG.AFFINITY, 1);
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EIO);
+});
+
+test('bad accesses: all ones on read, ignored on write, counted', () => {
+  const { dev, read, write } = setup();
+  const host = new FakeHost();
+  const d2 = new Uint8Array(2);
+  dev.mmioRead(UPCALL_BASE, d2, host);
+  assert.deepEqual([...d2], [0xff, 0xff]);
+  const d8 = new Uint8Array(8);
+  dev.mmioRead(UPCALL_BASE, d8, host);
+  assert.deepEqual([...d8], new Array(8).fill(0xff));
+  const d4 = new Uint8Array(4);
+  dev.mmioRead(UPCALL_BASE + 2n, d4, host);
+  assert.deepEqual([...d4], [0xff, 0xff, 0xff, 0xff]);
+  assert.equal(dev.counters.badSize, 3);
+  assert.equal(read(0x3c), 0xffffffff); // unassigned register
+  assert.equal(read(0x7fc), 0xffffffff);
+  dev.mmioRead(UPCALL_BASE + 0x1000n, d4, host); // outside the page
+  dev.mmioRead(UPCALL_BASE - 4n, d4, host);
+  assert.equal(dev.counters.badOffset, 4);
+  dev.mmioWrite(UPCALL_BASE + BigInt(UPCALL_REG.IRQ_VECTOR), new Uint8Array([0x40]), host); // 1-byte write
+  assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0);
+  write(UPCALL_REG.MAGIC, 0);
+  write(UPCALL_WINDOW_OFFSET, 0);
+  assert.equal(read(UPCALL_REG.MAGIC), UPCALL_MAGIC);
+  assert.equal(dev.counters.readOnlyWrites, 2);
+  assert.equal(dev.counters.badSize, 4);
+});
+
+test('a throwing raiseIrq is counted, not propagated', async () => {
+  const dev = new UpcallDevice({ raiseIrq: () => { throw new Error('no irqchip'); } });
+  const data = new Uint8Array([0x30, 0, 0, 0]);
+  dev.mmioWrite(UPCALL_BASE + BigInt(UPCALL_REG.IRQ_VECTOR), data, new FakeHost());
+  const p = dev.deliver(new Uint8Array(4), 0);
+  assert.equal(dev.counters.irqErrors, 1);
+  dev.mmioWrite(UPCALL_BASE + BigInt(UPCALL_REG.ACK), new Uint8Array([1, 0, 0, 0]), new FakeHost());
+  assert.equal((await p).status, 0);
+});
+
+test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', async () => {
+  let x = 0x9e3779b9;
+  const rnd = (): number => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return x >>> 0;
+  };
+  const { dev, read } = setup(2);
+  const regOffsets = [...Object.values(UPCALL_REG), 0x3c, 0x7fc];
+  dev.onAffinity((r) => (r.hostCpu % 3 === 0 ? 0 : -UPCALL_ERRNO.EINVAL));
+  const program = randomProgram(3000, 99);
+  let settled: LoadStatus | undefined;
+  let deliveries = 0;
+  let completed = 0;
+  let pending: Promise<LoadStatus> | undefined;
+  const start = (): void => {
+    deliveries++;
+    settled = undefined;
+    pending = dev.deliver(program, 7);
+    pending.then(
+      (s) => {
+        settled = s;
+        completed++;
+      },
+      () => {},
+    );
+  };
+  start();
+  let seq = read(UPCALL_REG.COMMAND_SEQ);
+  const sizes = [1, 2, 3, 4, 4, 4, 8, 0];
+  const host = new FakeHost(1);
+  for (let i = 0; i < 100_000; i++) {
+    const r = rnd();
+    // Offsets: registers (sometimes misaligned), anywhere in the page, just outside it.
+    const sel = r & 7;
+    const skew = (r >>> 3) & 1 ? rnd() % 4 : 0;
+    const off =
+      sel < 3 ? regOffsets[rnd() % regOffsets.length]! + skew
+      : sel < 6 ? (rnd() % 0x1000) & ~(skew ? 0 : 3)
+      : sel === 6 ? 0x1000 + (rnd() % 64)
+      : -(rnd() % 64) - 1;
+    const addr = UPCALL_BASE + BigInt(off);
+    const size = sizes[(r >>> 4) & 7]!;
+    const data = new Uint8Array(size);
+    const valSel = (r >>> 7) & 3;
+    const value = valSel === 0 ? rnd() & 0xff : valSel === 1 ? seq + ((r >>> 9) & 1) : rnd();
+    for (let b = 0; b < size; b++) data[b] = (value >>> (8 * (b & 3))) & 0xff;
+    if ((r >>> 10) & 1) {
+      assert.doesNotThrow(() => dev.mmioWrite(addr, data, host));
+    } else {
+      data.fill(0x5a);
+      assert.doesNotThrow(() => dev.mmioRead(addr, data, host));
+    }
+    // Invariants, checked through registers (reads of valid registers change nothing).
+    assert.equal(read(UPCALL_REG.MAGIC), UPCALL_MAGIC);
+    assert.equal(read(UPCALL_REG.VERSION), UPCALL_VERSION);
+    const cmd = read(UPCALL_REG.COMMAND);
+    if (cmd !== UPCALL_CMD.NONE) {
+      assert.equal(cmd, UPCALL_CMD.LOAD_PROGRAM);
+      assert.equal(read(UPCALL_REG.COMMAND_ARG), 7);
+      assert.equal(read(UPCALL_REG.COMMAND_SEQ), seq);
+      assert.equal(read(UPCALL_REG.DATA_LEN), program.length);
+      const dataOffset = read(UPCALL_REG.DATA_OFFSET);
+      assert.equal(dataOffset & 3, 0);
+      const k = (rnd() % UPCALL_WINDOW_SIZE) & ~3;
+      let expect = 0;
+      for (let b = 0; b < 4; b++) {
+        const j = dataOffset + k + b;
+        if (j < program.length) expect |= program[j]! << (8 * b);
+      }
+      assert.equal(read(UPCALL_WINDOW_OFFSET + k), expect >>> 0);
+    } else {
+      // Only an aligned 4-byte ACK of the current sequence number completes a command.
+      assert.equal(dev.pendingCommands, 0);
+      await new Promise((res) => setImmediate(res));
+      assert.ok(settled, 'the command disappeared without its promise resolving');
+      assert.equal(settled.seq, seq);
+      start();
+      const next = read(UPCALL_REG.COMMAND_SEQ);
+      assert.equal(next, seq + 1);
+      seq = next;
+    }
+    const v = read(UPCALL_REG.IRQ_VECTOR);
+    assert.ok(v === 0 || (v >= 0x20 && v <= 0xef));
+  }
+  assert.ok(completed > 10, `only ${completed} deliveries completed`);
+  const c = dev.counters;
+  assert.ok(c.badSize > 0 && c.badOffset > 0 && c.readOnlyWrites > 0 && c.staleAcks > 0);
+  dev.cancelAll();
+  await assert.rejects(pending!, UpcallCancelledError);
+  assert.equal(deliveries, completed + 1);
+});
