@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BpfObjectError, loadBpfObject, R_BPF_64_32, R_BPF_64_64 } from '../../src/bpf/elf.js';
 import { BPF_PSEUDO_CALL, LDDW_OPCODE, LDDW_PSEUDO, encodeProgram, type BpfInsn } from '../../src/bpf/isa.js';
+import { rng } from '../helpers/rng.js';
 
 // ELF64 constants (System V gABI).
 const SHT_PROGBITS = 1;
@@ -394,18 +395,6 @@ test('rejects malformed functions and maps', () => {
   rejects(syms((s) => (s.name === 'arr' ? { ...s, value: 24 } : s)), /map 'arr': definition .* lies outside section 'maps'/);
   rejects(syms((s) => (s.name === 'xdp_prog' ? { ...s, size: 8 } : s)), /truncated lddw/);
 });
-
-/** Small deterministic PRNG (mulberry32) so failures reproduce. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('mutation fuzz: 1,000 mutants either load or throw BpfObjectError', () => {
   const good = buildObject(richSpec()).bytes;

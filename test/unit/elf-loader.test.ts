@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ImageError, PF_R, PF_W, PF_X, parseElf, placeImage, type ElfImage } from '../../src/loader/elf.js';
 import { loadImageFile } from '../../src/loader/image.js';
+import { rng } from '../helpers/rng.js';
 
 const PT_LOAD = 1;
 const PT_INTERP = 3;
@@ -289,18 +290,6 @@ test('loadImageFile auto-detects ELF, ignores loadAddr for it, and applies an en
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-/** Deterministic PRNG (mulberry32) so a fuzz failure is reproducible from the seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function checkInvariants(bytes: Uint8Array, img: ElfImage): void {
   assert.ok(img.segments.length > 0);
