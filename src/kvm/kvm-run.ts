@@ -112,9 +112,6 @@ export class KvmRun {
   set dirtyRegs(v: number) {
     this.view.setUint32(OFF.dirtyRegs, v, true);
   }
-  get dirtyRegs(): number {
-    return this.view.getUint32(OFF.dirtyRegs, true);
-  }
 
   unmap(): void {
     sys.munmap(this.address, this.size);

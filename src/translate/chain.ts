@@ -15,7 +15,7 @@ import type { MemoryBacking, MemoryRegion } from '../memory/guest-memory.js';
 import type { Vm } from '../vmm/vm.js';
 import { EptView, hostPhysAddrBits, type EptViewStats } from './ept-view.js';
 import type { X86Format } from './format.js';
-import { Pagemap, type HostPageInfo } from './host-pages.js';
+import { applyBacking, Pagemap, type HostPageInfo } from './host-pages.js';
 import { walk, type Access, type WalkFault, type WalkOk, type WalkStep } from './page-walk.js';
 import type { PhysReader } from './phys-memory.js';
 
@@ -285,11 +285,7 @@ export function translateChainSync(memory: ChainMemory, sregs: Pick<Sregs, 'cr0'
   } finally {
     own?.close();
   }
-  if (info.present && memory.backing === 'hugetlb' && info.folioOrder === undefined) {
-    // Without page flags, a hugetlb backing is still known to be mapped in its huge pages.
-    info.hugetlb = true;
-    info.pageSize = memory.pageSize as HostPageInfo['pageSize'];
-  }
+  applyBacking(memory, info);
   chain.host = { info, backing: memory.backing };
   if (info.hpa !== undefined) chain.hpa = info.hpa;
   else if (info.pfnHidden) chain.failure = { stage: 'host', reason: 'pfn-hidden', message: `the host page behind HVA ${hex(hva)} is present, but ${info.reason ?? 'the kernel hides its PFN'}` };

@@ -27,10 +27,10 @@
  * more memory or the host moves pages.
  */
 import { readFileSync } from 'node:fs';
-import { HUGE_PAGE_SIZE, type GuestMemory } from '../memory/guest-memory.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 import { EPT, EPT_MEMORY_TYPE, eptMemoryType, makeEptp } from './ept.js';
 import { PAGE_2M, PAGE_4K, type EptFormat } from './format.js';
-import { PAGEMAP, emptyHostPageInfo, pagemapPfn, type HostPageInfo, type Pagemap } from './host-pages.js';
+import { PAGEMAP, applyBacking, emptyHostPageInfo, pagemapPfn, type HostPageInfo, type Pagemap } from './host-pages.js';
 import { walk, type Access, type WalkFault, type WalkOk } from './page-walk.js';
 import { PageTableBuilder } from './table-builder.js';
 
@@ -190,10 +190,7 @@ export class EptView {
     for (let k = 1; k < PAGES_2M; k++) {
       if (pagemapPfn(entries[i + k]) !== head + BigInt(k)) return false;
     }
-    const info = this.pagemap.lookupInto(hva, this.scratch);
-    // Without page flags (not root) a hugetlb backing is still known to be mapped in 2 MiB pages.
-    const hugetlbNoFlags = info.folioOrder === undefined && this.memory.backing === 'hugetlb' && this.memory.pageSize === HUGE_PAGE_SIZE;
-    return info.pageSize >= PAGE_2M || hugetlbNoFlags;
+    return applyBacking(this.memory, this.pagemap.lookupInto(hva, this.scratch)).pageSize >= PAGE_2M;
   }
 
   /** Walks the view for `gpa` (optionally checking `access`): the HPA, or the EPT violation. */

@@ -10,7 +10,7 @@
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { FastWalker } from './fast-walk.js';
 import type { X86Format } from './format.js';
-import { emptyHostPageFacts, type Pagemap } from './host-pages.js';
+import { applyBacking, emptyHostPageFacts, type Pagemap } from './host-pages.js';
 import { ByteMemory } from './phys-memory.js';
 
 /** One GVA followed to its host page ({@link FastChain.translate}). */
@@ -85,8 +85,6 @@ export class FastChain implements PartsTranslator {
   private readonly slotGpa: number[];
   private readonly slotEnd: number[];
   private readonly slotHva: number[];
-  private readonly hugetlb: boolean;
-  private readonly backingPageSize: number;
 
   /**
    * @param memory guest RAM (its `bytes` are what the guest sees, its regions the memslots)
@@ -106,8 +104,6 @@ export class FastChain implements PartsTranslator {
     this.slotGpa = memory.regions.map((r) => Number(r.gpa));
     this.slotEnd = memory.regions.map((r) => Number(r.gpa) + r.size);
     this.slotHva = memory.regions.map((r) => Number(r.hva));
-    this.hugetlb = memory.backing === 'hugetlb';
-    this.backingPageSize = memory.pageSize;
     this.setCr3(cr3);
   }
 
@@ -161,11 +157,9 @@ export class FastChain implements PartsTranslator {
 
   /** HVA → host page: fills the host fields of `out`. */
   hostInto(hva: number, out: ChainResult): void {
-    const h = this.pagemap.probe(hva, this.host);
+    const h = applyBacking(this.memory, this.pagemap.probe(hva, this.host));
     out.hostPresent = h.present;
     out.hostPageSize = h.pageSize;
-    // Without page flags a hugetlb page's size is still known: the whole backing is huge pages.
-    if (h.present && this.hugetlb && h.folioOrder === undefined) out.hostPageSize = this.backingPageSize;
     out.pfn = h.pfn;
     out.hpa = h.pfn < 0 ? -1 : h.pfn * 4096 + (hva % 4096);
   }

@@ -154,21 +154,10 @@ export class Pagemap {
   /** Like {@link lookup}, filling `out` (every field is overwritten). See {@link probe} for the rules. */
   lookupInto(hva: bigint, out: HostPageInfo): HostPageInfo {
     const f = this.probe(Number(hva), this.facts);
+    Object.assign(out, f);
     out.hva = hva;
-    out.present = f.present;
-    out.swapped = f.swapped;
-    out.file = f.file;
-    out.exclusive = f.exclusive;
     out.pfn = f.pfn >= 0 ? BigInt(f.pfn) : undefined;
     out.hpa = f.pfn >= 0 ? (BigInt(f.pfn) << 12n) | (hva & 0xfffn) : undefined;
-    out.pageSize = f.pageSize;
-    out.thp = f.thp;
-    out.hugetlb = f.hugetlb;
-    out.compoundHead = f.compoundHead;
-    out.compoundTail = f.compoundTail;
-    out.folioOrder = f.folioOrder;
-    out.pfnHidden = f.pfnHidden;
-    out.reason = f.reason;
     return out;
   }
 
@@ -331,15 +320,19 @@ export interface GpaTranslation {
 }
 
 /**
- * GPA → HVA → host page. When page flags are unreadable, a present page of `'hugetlb'` memory still
- * gets `hugetlb` and the backing's page size, since every page of that backing is huge.
+ * Adds what `memory`'s backing implies when page flags were unreadable (not root): a present page
+ * of `'hugetlb'` memory is a hugetlb page of the backing's size, since every page of it is.
  */
+export function applyBacking<T extends Pick<HostPageFacts, 'present' | 'folioOrder' | 'hugetlb' | 'pageSize'>>(memory: Pick<GuestMemory, 'backing' | 'pageSize'>, info: T): T {
+  if (info.present && memory.backing === 'hugetlb' && info.folioOrder === undefined) {
+    info.hugetlb = true;
+    info.pageSize = memory.pageSize as HostPageSize;
+  }
+  return info;
+}
+
+/** GPA → HVA → host page, with {@link applyBacking}. */
 export function translateGpa(memory: GuestMemory, pagemap: Pagemap, gpa: bigint): GpaTranslation {
   const hva = gpaToHva(memory, gpa);
-  const host = pagemap.lookup(hva);
-  if (host.present && memory.backing === 'hugetlb' && host.folioOrder === undefined) {
-    host.hugetlb = true;
-    host.pageSize = memory.pageSize as HostPageSize;
-  }
-  return { gpa, hva, host };
+  return { gpa, hva, host: applyBacking(memory, pagemap.lookup(hva)) };
 }

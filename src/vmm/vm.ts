@@ -721,7 +721,7 @@ export class Vm extends EventEmitter {
           serialInput: this.serialInput.buffer, benchMarks: this.benchMarkBuffer, benchIterations: this.options.benchIterations,
           timing: this.options.timing,
           longMode: this.loaded!.longMode, modules: [...this.modules], remoteHypercalls: [...this.mainHandlers.keys()],
-          vmcallTransport: this.vmcallTransport, interrupts: this.interrupts, channelSignals: this.channelSignals.buffer,
+          interrupts: this.interrupts, channelSignals: this.channelSignals.buffer,
         };
         const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
         slot.worker = worker;

@@ -47,8 +47,6 @@ export interface VcpuWorkerData {
   modules: string[];
   /** Hypercall numbers answered on the main thread. */
   remoteHypercalls: number[];
-  /** Route VMCALL exits (KVM_EXIT_XEN) to the hypercall table. */
-  vmcallTransport: boolean;
   /** The VM has an in-kernel irqchip (KT_HC_WAIT can halt the vCPU). */
   interrupts: boolean;
   /** The VM's channel notification words (`ChannelSignals`): KT_HC_CHAN_NOTIFY and doorbell ports raise them. */
