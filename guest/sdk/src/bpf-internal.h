@@ -77,8 +77,8 @@ static inline unsigned kt_bpf__src(const struct kt_bpf_insn *i) { return i->regs
 struct kt_bpf_map_shape {
 	uint32_t key_size, value_size;
 };
-/** Default budget of processed instructions over all paths, as in Linux. */
-#define KT_BPF_VERIFY_BUDGET 1000000u
+/** Budget of processed instructions over all paths for kt_bpf_prog_load: 1M as in Linux (tests lower it). */
+extern uint32_t kt_bpf__verify_budget;
 
 /**
  * Verifies insns (n slots, lddw src 1 = map index into maps[nmaps]) for a ctx_size-byte context.

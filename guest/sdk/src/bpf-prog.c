@@ -19,6 +19,8 @@ struct kt_bpf_prog {
 	struct kt_bpf_insn insns[KT_BPF_MAX_INSNS];
 };
 
+uint32_t kt_bpf__verify_budget = 1000000;
+
 static struct kt_bpf_prog progs[PROG_SLOTS];
 static uint8_t code_arena[CODE_BYTES] __attribute__((aligned(4096)));
 /* Serialises loads, frees and hook changes (the verifier and map creation are single-user). */
@@ -100,7 +102,7 @@ static int load_locked(struct kt_bpf_prog **out, const void *image, uint32_t len
 	}
 	memcpy(p->insns, img.insns, (size_t)img.insn_count * sizeof p->insns[0]);
 	p->n = img.insn_count;
-	r = kt_bpf__verify(p->insns, p->n, shapes, img.map_count, ctx_size, KT_BPF_VERIFY_BUDGET, err);
+	r = kt_bpf__verify(p->insns, p->n, shapes, img.map_count, ctx_size, kt_bpf__verify_budget, err);
 	if (r)
 		return r;
 	for (uint32_t pc = 0; pc + 1 < p->n; pc++) {

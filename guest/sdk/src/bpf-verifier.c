@@ -266,14 +266,9 @@ static int decode(uint32_t pc, struct info *o)
 				BAD("reserved: LD IMM requires size DW");
 			REG(d, "dst");
 			ZERO(i->off, "offset");
-			if (pc + 1 >= v.n)
-				BAD("truncated lddw: second slot missing");
-			const struct kt_bpf_insn *n2 = &v.insns[pc + 1];
-			if (n2->code || n2->regs || n2->off)
-				return fail(pc + 1, "invalid instruction: bad lddw second slot: opcode, registers and offset must be zero");
 			if (s > 6)
 				BAD("unknown lddw pseudo source %u", s);
-			if (s != 0 && s != 2 && s != 6 && n2->imm)
+			if (s != 0 && s != 2 && s != 6 && v.insns[pc + 1].imm)
 				BAD("upper immediate must be 0 for lddw pseudo source %u", s);
 			o->kind = K_LDDW;
 			o->op = s;
@@ -366,25 +361,33 @@ static const struct helper_spec *helper_spec(int32_t id)
 
 static int static_checks(void)
 {
+	/* first the two-slot structure, as src/bpf/isa.ts decodeProgram() checks it */
+	for (uint32_t pc = 0; pc < v.n; pc++) {
+		if (v.insns[pc].code != KT_BPF_LDDW)
+			continue;
+		if (pc + 1 >= v.n)
+			return fail(pc, "invalid instruction: truncated lddw: second slot missing");
+		const struct kt_bpf_insn *n2 = &v.insns[++pc];
+		if (n2->code || n2->regs || n2->off)
+			return fail(pc, "invalid instruction: bad lddw second slot: opcode, registers and offset must be zero");
+		v.second[pc] = 1;
+	}
+	/* then every instruction and jump target, also in unreachable code */
 	for (uint32_t pc = 0; pc < v.n; pc++) {
 		if (v.second[pc])
 			continue;
 		TRY(decode(pc, &v.info[pc]));
-		if (v.info[pc].kind == K_LDDW)
-			v.second[pc + 1] = 1;
 		if (v.info[pc].kind == K_JMP || v.info[pc].kind == K_JA) {
 			int32_t t = target(pc);
 			if (t < 0 || (uint32_t)t >= v.n)
 				return fail(pc, "jump out of range: target %d outside [0, %u)", t, v.n);
-			/* second[] of later slots is not known yet: checked again below */
+			if (v.second[t])
+				return fail(pc, "jump into the middle of lddw at %d", t - 1);
 			v.prune[t] = 1;
 			if (pc + 1 < v.n)
 				v.prune[pc + 1] = 1;
 		}
 	}
-	for (uint32_t pc = 0; pc < v.n; pc++)
-		if (!v.second[pc] && (v.info[pc].kind == K_JMP || v.info[pc].kind == K_JA) && v.second[target(pc)])
-			return fail(pc, "jump into the middle of lddw at %d", target(pc) - 1);
 	return 0;
 }
 
