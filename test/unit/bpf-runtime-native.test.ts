@@ -23,6 +23,7 @@ import { assemble } from '../../src/bpf/asm.js';
 import { BpfInterpreter, type BpfHelper } from '../../src/bpf/interpreter.js';
 import { encodeProgram } from '../../src/bpf/isa.js';
 import { verify, type HelperSpec, type MapSpec } from '../../src/bpf/verifier.js';
+import { encodeImage, type KtbpMap } from '../helpers/ktbp.js';
 import { rng } from '../helpers/rng.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -73,37 +74,11 @@ function harness(cmds: string[], bin = exe): string[] {
 }
 
 // ---------------------------------------------------------------- images
-interface MapDef {
-  name: string;
-  type: 1 | 2;
-  keySize: number;
-  valueSize: number;
-  maxEntries: number;
-}
-/** KTBP image (docs/bpf-runtime.md, "Program image"). */
-function encodeImage(maps: MapDef[], insns: Uint8Array): Uint8Array {
-  const out = new Uint8Array(16 + 32 * maps.length + insns.length);
-  const dv = new DataView(out.buffer);
-  dv.setUint32(0, 0x5042544b, true);
-  dv.setUint16(4, 1, true);
-  dv.setUint32(8, insns.length / 8, true);
-  dv.setUint32(12, maps.length, true);
-  maps.forEach((m, i) => {
-    const p = 16 + 32 * i;
-    out.set(new TextEncoder().encode(m.name), p);
-    dv.setUint32(p + 16, m.type, true);
-    dv.setUint32(p + 20, m.keySize, true);
-    dv.setUint32(p + 24, m.valueSize, true);
-    dv.setUint32(p + 28, m.maxEntries, true);
-  });
-  out.set(insns, 16 + 32 * maps.length);
-  return out;
-}
 const hex = (b: Uint8Array): string => (b.length ? Buffer.from(b).toString('hex') : '-');
 const unhex = (s: string): Uint8Array => (s === '-' ? new Uint8Array(0) : Uint8Array.from(Buffer.from(s, 'hex')));
 
 /** The maps every corpus program may use: image index 0 is an array, 1 a hash (shapes as in verifier tests). */
-const MAPS: MapDef[] = [
+const MAPS: KtbpMap[] = [
   { name: 'arr', type: 2, keySize: 4, valueSize: 16, maxEntries: 4 },
   { name: 'hash', type: 1, keySize: 8, valueSize: 8, maxEntries: 16 },
 ];
@@ -507,9 +482,9 @@ const key = (...b: number[]) => Uint8Array.from(b);
 const val = (n: number, len: number) => Uint8Array.from({ length: len }, (_, i) => (n + i) & 0xff);
 
 describe('eBPF runtime in C: maps', () => {
-  const A: MapDef = { name: 'counts', type: 2, keySize: 4, valueSize: 12, maxEntries: 3 };
-  const H: MapDef = { name: 'flows.v1', type: 1, keySize: 6, valueSize: 10, maxEntries: 4 };
-  const prog = (maps: MapDef[]) => encodeImage(maps, encodeProgram(assemble('r0 = 0\nexit')));
+  const A: KtbpMap = { name: 'counts', type: 2, keySize: 4, valueSize: 12, maxEntries: 3 };
+  const H: KtbpMap = { name: 'flows.v1', type: 1, keySize: 6, valueSize: 10, maxEntries: 4 };
+  const prog = (maps: KtbpMap[]) => encodeImage(maps, encodeProgram(assemble('r0 = 0\nexit')));
 
   test('array and hash semantics, reuse by name, and the layout of docs/bpf-runtime.md byte for byte', () => {
     const k = (i: number) => hex(key(i, 0, 0, 0));
