@@ -101,8 +101,8 @@ static void fuzz(uint32_t n)
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t r = next(), v = next();
 		unsigned size = 1U << (r & 3);
-		/* Half the accesses go to the registers, half anywhere in the page. */
-		uint32_t off = (r >> 8) & 1 ? (uint32_t)((r >> 16) % 0x48) : (uint32_t)((r >> 16) % 0x1000);
+		/* Half the accesses go to a register (aligned), half anywhere in the page. */
+		uint32_t off = (r >> 8) & 1 ? (uint32_t)((r >> 16) % 18) * 4 : (uint32_t)((r >> 16) % 0x1000);
 
 		if (off > 0x1000 - size)
 			off = 0x1000 - size;

@@ -130,12 +130,12 @@ export class UpcallClient extends EventEmitter {
   }
 
   /** LOAD: resolves with the guest's answer; rejects with {@link UpcallRemoteError} for ERROR. */
-  load(hook: number, image: Uint8Array): Promise<LoadStatus> {
+  async load(hook: number, image: Uint8Array): Promise<LoadStatus> {
     return this.#request(MSG.LOAD, loadPayload(hook, image));
   }
 
-  /** UNLOAD of `hook`. */
-  unload(hook: number): Promise<LoadStatus> {
+  /** UNLOAD of `hook`; RangeError for a hook that is not a u32. */
+  async unload(hook: number): Promise<LoadStatus> {
     return this.#request(MSG.UNLOAD, unloadPayload(hook));
   }
 

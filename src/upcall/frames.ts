@@ -160,8 +160,14 @@ export function parseHelloOk(p: Uint8Array): HelloOk {
   return { version: b.readUInt32LE(0), deviceVersion: b.readUInt32LE(4), vcpus: b.readUInt32LE(8), maxProgram: b.readUInt32LE(12) };
 }
 
+function checkHook(hook: number): void {
+  if (!Number.isInteger(hook) || hook < 0 || hook > 0xffffffff) throw new RangeError(`hook must be a u32, got ${hook}`);
+}
+
 /** LOAD: hook, program. */
 export function loadPayload(hook: number, program: Uint8Array): Buffer {
+  checkHook(hook);
+  if (program.length === 0) throw new RangeError('an empty program');
   if (program.length > ENDPOINT_MAX_PROGRAM) throw new RangeError(`program of ${program.length} bytes exceeds ${ENDPOINT_MAX_PROGRAM}`);
   return Buffer.concat([u32s(hook), program]);
 }
@@ -173,6 +179,7 @@ export function parseLoad(p: Uint8Array): { hook: number; program: Uint8Array } 
 }
 
 export function unloadPayload(hook: number): Buffer {
+  checkHook(hook);
   return u32s(hook);
 }
 
