@@ -10,6 +10,9 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import os from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import { schedGetaffinity } from '../../src/kvm/sys.js';
 import { UpcallClient } from '../../src/upcall/client.js';
 import { UpcallTimeoutError, type AffinityEvent, type LoadStatus } from '../../src/upcall/upcall-host.js';
@@ -199,6 +202,48 @@ test('endpoint: LOAD/UNLOAD through the Unix socket by VM name, TCP with the rig
   assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
   assert.deepEqual(d.g.loads.map((l) => [l.hook, l.sum]), [[7, fnv1a(img)], [8, fnv1a(img)]]);
   assert.throws(() => statSync(join(dir, 'up1.upcall.sock')), /ENOENT/, 'the socket is removed when the VM closes');
+});
+
+const CLI = fileURLToPath(new URL('../../../bin/kvmtalk.js', import.meta.url));
+
+/** Runs the CLI without blocking this thread (the VM's main-thread hypercalls need it). */
+async function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const x = e as { code: number; stdout: string; stderr: string };
+    return { code: x.code, stdout: x.stdout, stderr: x.stderr };
+  }
+}
+
+test('kvmtalk inject and upcall unload: host verification first, then the guest\'s answer and exit code', async (t) => {
+  if (!requireKvm(t)) return;
+  const dir = mkdtempSync(join(os.tmpdir(), 'kvmtalk-upcall-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'ok.s'), 'r0 = 0\nexit\n');
+  writeFileSync(join(dir, 'bad.s'), 'r0 = *(u32 *)(r1 + 4096)\nexit\n');
+  const d = driver(MODE.SERVE, 2);
+  const r = await bootGuest('tests', 'upcall-driver', { interrupts: true, upcall: true, name: 'upcli', control: { dir } }, {}, {
+    setup: d.setup,
+    during: async () => {
+      await d.ready();
+      const bad = await cli(['inject', 'upcli', join(dir, 'bad.s'), '--hook', 'timer', '--dir', dir]);
+      assert.equal(bad.code, 1);
+      assert.match(bad.stderr, /does not verify for hook timer: instruction 0 \(r0 = \*\(u32 \*\)\(r1 \+ 4096\)\): .*out of bounds.*\nnot sent/s);
+      const ok = await cli(['inject', 'upcli', join(dir, 'ok.s'), '--hook', 'timer', '--dir', dir, '--json']);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.deepEqual(JSON.parse(ok.stdout), { ok: true, status: 0, pc: null, seq: 1 });
+      const un = await cli(['upcall', 'unload', 'upcli', '--hook', '3', '--dir', dir]);
+      assert.equal(un.code, 1);
+      assert.match(un.stdout, /unload of hook timer: the guest refused it: ENOENT \(-2\)/);
+    },
+  });
+  assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
+  assert.equal(d.g.loads.length, 1, 'the program the host verifier refused never reached the guest');
+  assert.equal(d.g.loads[0]!.hook, 3);
+  assert.equal(d.g.loads[0]!.len, 32);
+  assert.deepEqual(d.g.unloads, [3]);
 });
 
 test('fuzz: a guest writing random values of random sizes all over the page; the VM survives and the device still works', async (t) => {
