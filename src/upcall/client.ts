@@ -72,14 +72,9 @@ export class UpcallClient extends EventEmitter {
     super();
     this.#socket = socket;
     socket.on('data', (chunk: Buffer) => {
-      let frames: Frame[];
-      try {
-        frames = this.#reader.push(chunk);
-      } catch (e) {
-        socket.destroy(e as Error);
-        return;
-      }
+      const { frames, error } = this.#reader.push(chunk);
       for (const f of frames) this.#frame(f);
+      if (error) socket.destroy(error);
     });
     socket.on('error', (e) => this.#end(e));
     socket.on('close', () => this.#end(new Error('the VM closed the upcall connection')));

@@ -21,7 +21,7 @@ import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { isMainThread } from 'node:worker_threads';
 import {
-  encodeFrame, ENDPOINT_PROTOCOL_VERSION, errorPayload, FrameError, FrameReader, helloOkPayload, MSG, parseHello, parseLoad, parseUnload,
+  encodeFrame, ENDPOINT_PROTOCOL_VERSION, errorPayload, FrameReader, helloOkPayload, MSG, parseHello, parseLoad, parseUnload,
   resultPayload, affinityPayload, type Frame,
 } from './frames.js';
 import type { AffinityEvent, LoadStatus, UpcallEndpointInfo } from './upcall-host.js';
@@ -201,16 +201,12 @@ class Connection {
 
   #onData(chunk: Buffer): void {
     if (this.#failed) return;
-    let frames: Frame[];
-    try {
-      frames = this.#reader.push(chunk);
-    } catch (e) {
-      return this.#fail(ENDPOINT_ERRNO.EPROTO, (e as FrameError).message);
-    }
+    const { frames, error } = this.#reader.push(chunk);
     for (const f of frames) {
       if (this.#failed) return;
       this.#handle(f);
     }
+    if (error) return this.#fail(ENDPOINT_ERRNO.EPROTO, error.message);
     if (this.#reader.partial || !this.helloDone) this.#arm();
     else clearTimeout(this.#timer);
   }

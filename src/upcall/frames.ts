@@ -61,9 +61,10 @@ export function encodeFrame(type: number, id: number, payload: Uint8Array = new 
 }
 
 /**
- * Splits a byte stream into frames. `push` returns the frames a chunk completed and throws
- * {@link FrameError} for a wrong magic, non-zero flags, an unknown type or an oversized length
- * (after which the reader is useless: the stream position means nothing any more).
+ * Splits a byte stream into frames. `push` returns the frames a chunk completed and, for a wrong
+ * magic, non-zero flags, an unknown type or an oversized length, the {@link FrameError} that
+ * ended the stream after them: frames before a bad header are still good, nothing after it is
+ * (the stream position means nothing any more), and every later push returns the same error.
  */
 export class FrameReader {
   private header = Buffer.alloc(FRAME_HEADER_BYTES);
@@ -78,8 +79,21 @@ export class FrameReader {
     return this.headerFill > 0;
   }
 
-  push(chunk: Uint8Array): Frame[] {
+  private error: FrameError | undefined;
+
+  push(chunk: Uint8Array): { frames: Frame[]; error?: FrameError } {
     const frames: Frame[] = [];
+    if (this.error) return { frames, error: this.error };
+    try {
+      this.split(chunk, frames);
+    } catch (e) {
+      if (!(e instanceof FrameError)) throw e;
+      this.error = e;
+    }
+    return this.error ? { frames, error: this.error } : { frames };
+  }
+
+  private split(chunk: Uint8Array, frames: Frame[]): void {
     let at = 0;
     while (at < chunk.length) {
       if (this.headerFill < FRAME_HEADER_BYTES) {
@@ -103,7 +117,6 @@ export class FrameReader {
         this.payload = undefined;
       }
     }
-    return frames;
   }
 
   private parseHeader(): number {
