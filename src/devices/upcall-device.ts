@@ -42,6 +42,7 @@ export const UPCALL_REG = {
   WINDOW_SIZE: 0x038,
   MAP_DIR_LO: 0x03c,
   MAP_DIR_HI: 0x040,
+  HOST_CPUS: 0x044,
 } as const;
 
 /** Offset of the read-only DATA window. */
@@ -395,6 +396,7 @@ export class UpcallDevice implements MmioDevice {
       case UPCALL_REG.WINDOW_SIZE: return UPCALL_WINDOW_SIZE;
       case UPCALL_REG.MAP_DIR_LO: return s.get(W.MAP_DIR_LO);
       case UPCALL_REG.MAP_DIR_HI: return s.get(W.MAP_DIR_HI);
+      case UPCALL_REG.HOST_CPUS: return this.options.policy.pinning ? this.allowed.size : 0;
       default: return undefined;
     }
   }

@@ -208,6 +208,7 @@ test('AFFINITY: policy, self, range; pins the named vCPU\'s thread; result in AF
       pins.push([tid, cpu]);
     },
   });
+  assert.equal(read(UPCALL_REG.HOST_CPUS), 2); // the allowed set's size
   const events: AffinityEvent[] = [];
   upcall.onAffinity((e) => events.push(e));
   write(UPCALL_REG.AFFINITY, (2 << 16) | 5); // vCPU 2 has no thread yet
@@ -236,6 +237,7 @@ test('AFFINITY: policy, self, range; pins the named vCPU\'s thread; result in AF
 test('AFFINITY with pinning off is -EPERM and pins nothing; a throwing pin without errno is -EIO', () => {
   const off = setup({ policy: { pinning: false, allowedCpus: [0, 1] } });
   off.state.publishTid(0, 1);
+  assert.equal(off.read(UPCALL_REG.HOST_CPUS), 0);
   off.write(UPCALL_REG.AFFINITY, 1);
   assert.equal(off.read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EPERM);
   assert.deepEqual(off.pins, []);
@@ -287,7 +289,7 @@ test('bad accesses: all ones on read, ignored on write, counted', () => {
   dev.mmioRead(UPCALL_BASE + 2n, d4, host);
   assert.deepEqual([...d4], [0xff, 0xff, 0xff, 0xff]);
   assert.equal(upcall.counters.badSize, 3);
-  assert.equal(read(0x44), 0xffffffff); // unassigned register
+  assert.equal(read(0x48), 0xffffffff); // unassigned register
   assert.equal(read(0x7fc), 0xffffffff);
   dev.mmioRead(UPCALL_BASE + 0x1000n, d4, host); // outside the page
   dev.mmioRead(UPCALL_BASE - 4n, d4, host);
@@ -321,7 +323,7 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
   const { dev, upcall, read, state } = setup({ vcpus: 2, policy: { pinning: true, allowedCpus: [0, 3, 6] } });
   state.publishTid(0, 100);
   state.publishTid(1, 101);
-  const regOffsets = [...Object.values(UPCALL_REG), 0x44, 0x7fc];
+  const regOffsets = [...Object.values(UPCALL_REG), 0x48, 0x7fc];
   const program = randomProgram(3000, 99);
   let settled: LoadStatus | undefined;
   let deliveries = 0;

@@ -39,6 +39,7 @@ extern "C" {
 #define KT_UPCALL_WINDOW_SIZE     0x038
 #define KT_UPCALL_MAP_DIR_LO      0x03c
 #define KT_UPCALL_MAP_DIR_HI      0x040
+#define KT_UPCALL_HOST_CPUS       0x044
 #define KT_UPCALL_WINDOW          0x800
 
 #define KT_UPCALL_MAGIC_VALUE 0x5055544bU /* "KTUP" */
@@ -115,6 +116,12 @@ uint32_t kt_upcall_events(void);
  * vCPU, or a CPU outside the host's allowed set; others from sched_setaffinity).
  */
 long kt_upcall_set_affinity(uint32_t vcpu, uint32_t host_cpu);
+
+/* HOST_CPUS: how many host CPUs AFFINITY may name (0 when the host does not pin). */
+static inline uint32_t kt_upcall_host_cpus(void)
+{
+	return kt_upcall_read(KT_UPCALL_HOST_CPUS);
+}
 
 /* Publishes the GPA of the eBPF map directory (MAP_DIR_LO/HI) for the host to read. */
 void kt_upcall_publish_maps(uint64_t gpa);
