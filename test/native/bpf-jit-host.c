@@ -6,8 +6,8 @@
  * argument (BPF_MEMORY_BASE), so pointers into it are the same in both and results compare
  * bit for bit.
  *
- *   bpf-jit-host run       stdin: records; prints "ok <r0> <code bytes> <memory hex>" or
- *                          "err <code>" per record
+ *   bpf-jit-host run [CAP] stdin: records; prints "ok <r0> <code bytes> <memory hex>" or
+ *                          "err <code>" per record; CAP bounds the code buffer (default 1 MiB)
  *   bpf-jit-host bench N   stdin: records; prints "bench <compile ns> <run ns> <r0>", run
  *                          time averaged over N calls
  *   bpf-jit-host native NAME N
@@ -98,13 +98,13 @@ static int read_record(struct kt_bpf_insn *insns, uint32_t *slots, uint32_t *mem
 	return 1;
 }
 
-static void run_all(void)
+static void run_all(unsigned long cap)
 {
 	static struct kt_bpf_insn insns[MAX_SLOTS];
 	uint32_t slots, mem_len;
 
 	while (read_record(insns, &slots, &mem_len)) {
-		long len = kt_bpf_jit_compile(insns, slots, helper, code, CODE_MAX);
+		long len = kt_bpf_jit_compile(insns, slots, helper, code, cap);
 
 		if (len < 0) {
 			printf("err %ld\n", len);
@@ -126,7 +126,7 @@ static void bench(long iters)
 	uint32_t slots, mem_len;
 
 	while (read_record(insns, &slots, &mem_len)) {
-		uint64_t t0, t1, r0 = 0;
+		uint64_t t0, t1, r0;
 		long compiles = 0, len;
 
 		/* Compile repeatedly for about 20 ms. */
@@ -142,9 +142,10 @@ static void bench(long iters)
 		}
 		uint64_t compile_ns = (t1 - t0) / (uint64_t)compiles;
 		kt_bpf_jit_fn fn = (kt_bpf_jit_fn)code;
+		r0 = fn(mem); /* the result on the memory as given; later calls may see it changed */
 		t0 = now_ns();
 		for (long i = 0; i < iters; i++)
-			r0 = fn(mem);
+			fn(mem);
 		t1 = now_ns();
 		printf("bench %llu %.2f %016llx\n", (unsigned long long)compile_ns, (double)(t1 - t0) / (double)iters,
 		       (unsigned long long)r0);
@@ -219,14 +220,17 @@ int main(int argc, char **argv)
 		perror("mmap");
 		return 2;
 	}
-	if (argc == 2 && !strcmp(argv[1], "run"))
-		run_all();
+	if ((argc == 2 || argc == 3) && !strcmp(argv[1], "run")) {
+		unsigned long cap = argc == 3 ? strtoul(argv[2], NULL, 0) : CODE_MAX;
+
+		run_all(cap < CODE_MAX ? cap : CODE_MAX);
+	}
 	else if (argc == 3 && !strcmp(argv[1], "bench"))
 		bench(atol(argv[2]));
 	else if (argc == 4 && !strcmp(argv[1], "native"))
 		native(argv[2], atol(argv[3]));
 	else {
-		fprintf(stderr, "usage: bpf-jit-host run | bench ITERS | native sum|fnv|affinity ITERS\n");
+		fprintf(stderr, "usage: bpf-jit-host run [CAP] | bench ITERS | native sum|fnv|affinity ITERS\n");
 		return 2;
 	}
 	return 0;
