@@ -18,8 +18,6 @@
 #include <kvmtalk.h>
 #include "bpf-jit.h"
 
-#define KT_BPF_MAX_INSNS 4096
-
 enum { RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI, R8, R9, R10, R11, R12, R13, R14, R15 };
 
 static const uint8_t reg_map[11] = { RAX, RDI, RSI, RDX, RCX, R8, RBX, R13, R14, R15, RBP };
@@ -41,7 +39,6 @@ enum { CC_B = 0x2, CC_AE = 0x3, CC_E = 0x4, CC_NE = 0x5, CC_BE = 0x6, CC_A = 0x7
 #define MAX_INSN_BYTES 64
 /* Sizing passes before falling back to rel32 jumps. */
 #define MAX_PASSES 16
-#define STACK_BYTES 512
 
 struct jit {
 	uint8_t *buf;         /* NULL while sizing */
@@ -485,22 +482,25 @@ static int atomic(struct jit *j, const struct kt_bpf_insn *in, int dst, int src)
 	return -KT_EINVAL;
 }
 
-/* A jump from the end of slot i's code to slot target's code (n = the epilogue). */
+/* A jump from the end of slot i's code (it is always the last thing emitted for i) to slot
+ * target's code (n = the epilogue). */
 static void jump(struct jit *j, int cc, uint32_t i, uint32_t target)
 {
+	int long_len = cc == CC_ALWAYS ? 5 : 6, use_short;
 	long disp;
-	int short_len = 2, long_len = cc == CC_ALWAYS ? 5 : 6;
 
 	if (target == i + 1)
 		return;
-	if (target <= i) { /* backward: exact, this pass placed the target already */
-		disp = (long)j->addrs[target] - (long)(j->len + short_len);
-		if (j->long_jumps || !fits8(disp))
+	if (target <= i) { /* backward: exact, this pass has placed the target already */
+		disp = (long)j->addrs[target] - (long)(j->len + 2);
+		use_short = !j->long_jumps && fits8(disp);
+		if (!use_short)
 			disp = (long)j->addrs[target] - (long)(j->len + long_len);
-	} else { /* forward: the previous pass's distance */
+	} else { /* forward: the previous pass's distance, exact once the passes settle */
 		disp = (long)j->addrs[target] - (long)j->addrs[i + 1];
+		use_short = !j->long_jumps && fits8(disp);
 	}
-	if (!j->long_jumps && fits8(disp) && (target <= i || disp >= 0)) {
+	if (use_short) {
 		emit1(j, cc == CC_ALWAYS ? 0xeb : (uint8_t)(0x70 | cc));
 		emit1(j, (uint8_t)disp);
 	} else {
@@ -644,13 +644,13 @@ static void prologue(struct jit *j)
 	emit2(j, 0x5741);                 /* push r15: rsp is 16-byte aligned again */
 	mov_rr(j, 1, RBP, RSP);           /* r10 = top of the eBPF stack */
 	rr(j, W, 0x81, 5, RSP);           /* sub rsp, 512 */
-	emit4(j, STACK_BYTES);
+	emit4(j, KT_BPF_STACK_SIZE);
 }
 
 static void epilogue(struct jit *j)
 {
 	rr(j, W, 0x81, 0, RSP);           /* add rsp, 512 */
-	emit4(j, STACK_BYTES);
+	emit4(j, KT_BPF_STACK_SIZE);
 	emit2(j, 0x5f41);                 /* pop r15 */
 	emit2(j, 0x5e41);                 /* pop r14 */
 	emit2(j, 0x5d41);                 /* pop r13 */
