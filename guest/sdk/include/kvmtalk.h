@@ -51,6 +51,7 @@ extern "C" {
 #define KT_EPERM      1
 #define KT_E2BIG      7
 #define KT_EFAULT     14
+#define KT_ENODEV     19
 #define KT_EINVAL     22
 #define KT_EOPNOTSUPP 95
 #define KT_ENOSYS     1000
