@@ -54,6 +54,7 @@ extern "C" {
 #define KT_ENOMEM     12
 #define KT_EFAULT     14
 #define KT_EEXIST     17
+#define KT_ENODEV     19
 #define KT_EINVAL     22
 #define KT_EOPNOTSUPP 95
 #define KT_ENOSYS     1000
