@@ -8,13 +8,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { assemble } from '../../src/bpf/asm.js';
+import { encodeImage, type ImageMap } from '../../src/bpf/image.js';
 import { BpfInterpreter } from '../../src/bpf/interpreter.js';
 import { encodeProgram } from '../../src/bpf/isa.js';
-import { encodeImage, type KtbpMap } from '../helpers/ktbp.js';
 import { bootGuest, requireKvm } from '../helpers/kvm.js';
 
 const CTX = new Uint8Array(new Uint32Array([0x11223344, 5, 6, 7]).buffer);
-const HITS: KtbpMap = { name: 'hits', type: 2, keySize: 4, valueSize: 8, maxEntries: 2 };
+const HITS: ImageMap = { name: 'hits', type: 2, keySize: 4, valueSize: 8, maxEntries: 2 };
 
 const PURE = [
   // arithmetic on the context (also the affinity hook's program)
@@ -41,9 +41,9 @@ const REFUSED = 'r0 = 1\nr0 += r3\nexit';
 test('guest eBPF runtime: images from the host run in the guest, r0s and maps checked from the host', async (t) => {
   if (!requireKvm(t)) return;
   const images = [
-    ...PURE.map((s) => encodeImage([], encodeProgram(assemble(s)))),
-    encodeImage([HITS], encodeProgram(assemble(COUNTER))),
-    encodeImage([], encodeProgram(assemble(REFUSED))),
+    ...PURE.map((s) => encodeImage({ maps: [], insns: assemble(s) })),
+    encodeImage({ maps: [HITS], insns: assemble(COUNTER) }),
+    encodeImage({ maps: [], insns: assemble(REFUSED) }),
   ];
   let directory: { magic: number; count: number; names: string[]; hits: bigint } | undefined;
   const r = await bootGuest('tests', 'bpf-runtime', {}, {}, {
@@ -73,6 +73,7 @@ test('guest eBPF runtime: images from the host run in the guest, r0s and maps ch
   });
   assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
   assert.match(r.console, /bpf-runtime: 0 failures/);
+  for (const i of [0, 1, 2]) assert.match(r.console, new RegExp(`image ${i}: jitted`), 'the JIT compiled it');
   const values = r.events.values.map((v) => v.value);
   const ts = (s: string) => new BpfInterpreter(encodeProgram(assemble(s))).run({ memory: CTX.slice() }).r0;
   const want = [

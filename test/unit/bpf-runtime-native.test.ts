@@ -21,9 +21,10 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { assemble } from '../../src/bpf/asm.js';
 import { BpfInterpreter, type BpfHelper } from '../../src/bpf/interpreter.js';
+import { GUEST_HELPERS } from '../../src/bpf/hooks.js';
+import { encodeImage as encodeBpfImage, type ImageMap } from '../../src/bpf/image.js';
 import { encodeProgram } from '../../src/bpf/isa.js';
-import { verify, type HelperSpec, type MapSpec } from '../../src/bpf/verifier.js';
-import { encodeImage, type KtbpMap } from '../helpers/ktbp.js';
+import { verify, type MapSpec } from '../../src/bpf/verifier.js';
 import { rng } from '../helpers/rng.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
@@ -74,26 +75,28 @@ function harness(cmds: string[], bin = exe): string[] {
 }
 
 // ---------------------------------------------------------------- images
+/** An image around raw instruction bytes, which src/bpf/image.ts rightly refuses when malformed. */
+function encodeImage(maps: ImageMap[], insns: Uint8Array): Uint8Array {
+  const shell = encodeBpfImage({ maps, insns: assemble('r0 = 0\nexit') });
+  const head = shell.length - 16;
+  const out = new Uint8Array(head + insns.length);
+  out.set(shell.subarray(0, head));
+  new DataView(out.buffer).setUint32(8, insns.length / 8, true);
+  out.set(insns, head);
+  return out;
+}
 const hex = (b: Uint8Array): string => (b.length ? Buffer.from(b).toString('hex') : '-');
 const unhex = (s: string): Uint8Array => (s === '-' ? new Uint8Array(0) : Uint8Array.from(Buffer.from(s, 'hex')));
 
 /** The maps every corpus program may use: image index 0 is an array, 1 a hash (shapes as in verifier tests). */
-const MAPS: KtbpMap[] = [
+const MAPS: ImageMap[] = [
   { name: 'arr', type: 2, keySize: 4, valueSize: 16, maxEntries: 4 },
   { name: 'hash', type: 1, keySize: 8, valueSize: 8, maxEntries: 16 },
 ];
 const TS_MAPS: MapSpec[] = MAPS.map((m, index) => ({ index, keySize: m.keySize, valueSize: m.valueSize }));
-/** docs/bpf-runtime.md, "Helpers", for the TypeScript verifier. */
-const HELPERS: HelperSpec[] = [
-  { id: 1, name: 'map_lookup_elem', args: ['map', 'map-key'], ret: 'map-value-or-null' },
-  { id: 2, name: 'map_update_elem', args: ['map', 'map-key', 'map-value', 'scalar'], ret: 'scalar' },
-  { id: 3, name: 'map_delete_elem', args: ['map', 'map-key'], ret: 'scalar' },
-  { id: 5, name: 'ktime_get_ns', args: [], ret: 'scalar' },
-  { id: 7, name: 'get_prandom_u32', args: [], ret: 'scalar' },
-  { id: 8, name: 'get_smp_processor_id', args: [], ret: 'scalar' },
-];
 const CTX = 16;
 
+/** The image of assembly text (map references unchecked: the guest must refuse bad ones itself). */
 const image = (src: string, maps = MAPS): Uint8Array => encodeImage(maps, encodeProgram(assemble(src)));
 
 /** The TypeScript interpreter with the harness's stand-ins for helpers 5, 7 and 8. */
@@ -347,22 +350,23 @@ describe('eBPF runtime in C: verifier', () => {
     const progs = [...ACCEPTED, ...REJECTED.filter(([, , r]) => !r.includes('bounded')).map(([s]) => s)];
     const got = cVerify(progs.map((s) => image(s)));
     progs.forEach((s, i) => {
-      const ts = verify(assemble(s), { contextSize: CTX, helpers: HELPERS, maps: TS_MAPS });
+      const ts = verify(assemble(s), { contextSize: CTX, helpers: [...GUEST_HELPERS], maps: TS_MAPS });
       assert.equal(got[i]!.ok, ts.ok, `verdicts differ on\n${s}\nC: ${got[i]!.reason}\nTS: ${JSON.stringify(!ts.ok && ts.errors[0])}`);
       if (!ts.ok) assert.equal(got[i]!.pc, ts.errors[0]!.pc, `pcs differ on\n${s}`);
     });
   });
 
   test('bad images are refused with a reason', () => {
-    const good = image('r0 = 0\nexit');
+    const good = image('r0 = 0\nexit', [MAPS[0]!]);
     const patch = (off: number, v: number, width = 4) => {
       const b = good.slice();
       const dv = new DataView(b.buffer);
       if (width === 4) dv.setUint32(off, v, true);
-      else dv.setUint16(off, v, true);
+      else if (width === 2) dv.setUint16(off, v, true);
+      else b[off] = v;
       return b;
     };
-    const badName = encodeImage([{ ...MAPS[0]!, name: 'no-dash' }], encodeProgram(assemble('r0 = 0\nexit')));
+    // the map definition starts at 16: name, then type, key_size, value_size, max_entries
     const cases: [Uint8Array, number, RegExp][] = [
       [good.subarray(0, 10), -22, /too short/],
       [patch(0, 0x12345678), -22, /magic/],
@@ -372,10 +376,12 @@ describe('eBPF runtime in C: verifier', () => {
       [patch(8, 4097), -7, /too long/],
       [patch(12, 17), -22, /too many maps/],
       [good.subarray(0, good.length - 1), -22, /bytes/],
-      [badName, -22, /name/],
-      [encodeImage([{ ...MAPS[0]!, keySize: 8 }], encodeProgram(assemble('r0 = 0\nexit'))), -22, /key_size/],
-      [encodeImage([{ ...MAPS[1]!, valueSize: 1025 }], encodeProgram(assemble('r0 = 0\nexit'))), -22, /value_size/],
-      [encodeImage([{ ...MAPS[1]!, type: 3 as 1 }], encodeProgram(assemble('r0 = 0\nexit'))), -22, /type/],
+      [patch(18, 0x2d, 1), -22, /name/],
+      [patch(31, 0x41, 1), -22, /name/],
+      [patch(16 + 20, 8), -22, /key_size/],
+      [patch(16 + 24, 1025), -22, /value_size/],
+      [patch(16 + 28, 0), -22, /max_entries/],
+      [patch(16 + 16, 3), -22, /type/],
     ];
     cVerify(cases.map(([b]) => b)).forEach((v, i) => {
       assert.equal(v.ret, cases[i]![1], v.reason);
@@ -458,7 +464,7 @@ describe('eBPF runtime in C: fuzz', () => {
       if (ok) accepted++;
       if (i % 10 === 5) return; // image mutated: no TypeScript counterpart
       compared++;
-      const ts = verify(programs[i]!, { contextSize: CTX, helpers: HELPERS, maps: TS_MAPS, maxStates: budget });
+      const ts = verify(programs[i]!, { contextSize: CTX, helpers: [...GUEST_HELPERS], maps: TS_MAPS, maxStates: budget });
       const pc = ok ? -1 : Number(line.split(' ')[2]);
       if (ts.ok !== ok || (!ts.ok && ts.errors[0]!.pc !== pc)) {
         disagreements.push(`${Buffer.from(programs[i]!).toString('hex')}\n  C: ${line.slice(0, 200)}\n  TS: ${JSON.stringify(!ts.ok && ts.errors[0])}`);
@@ -482,9 +488,9 @@ const key = (...b: number[]) => Uint8Array.from(b);
 const val = (n: number, len: number) => Uint8Array.from({ length: len }, (_, i) => (n + i) & 0xff);
 
 describe('eBPF runtime in C: maps', () => {
-  const A: KtbpMap = { name: 'counts', type: 2, keySize: 4, valueSize: 12, maxEntries: 3 };
-  const H: KtbpMap = { name: 'flows.v1', type: 1, keySize: 6, valueSize: 10, maxEntries: 4 };
-  const prog = (maps: KtbpMap[]) => encodeImage(maps, encodeProgram(assemble('r0 = 0\nexit')));
+  const A: ImageMap = { name: 'counts', type: 2, keySize: 4, valueSize: 12, maxEntries: 3 };
+  const H: ImageMap = { name: 'flows.v1', type: 1, keySize: 6, valueSize: 10, maxEntries: 4 };
+  const prog = (maps: ImageMap[]) => encodeImage(maps, encodeProgram(assemble('r0 = 0\nexit')));
 
   test('array and hash semantics, reuse by name, and the layout of docs/bpf-runtime.md byte for byte', () => {
     const k = (i: number) => hex(key(i, 0, 0, 0));
