@@ -172,6 +172,9 @@ static inline uint8_t kt_inb(uint16_t port)
 
 /* ---- Runtime ---------------------------------------------------------------------------- */
 
+/* Most vCPUs a VM can have (the VMM's MAX_VCPUS). */
+#define KT_MAX_CPUS 64
+
 /** This vCPU's index (0 … N-1), from the per-CPU block at GS base. */
 unsigned kt_cpu_id(void);
 

@@ -210,6 +210,11 @@ int kt_bpf_hook_unload(uint32_t hook)
 	return r;
 }
 
+int kt_bpf_hook_attached(uint32_t hook)
+{
+	return kt_bpf_hook_ctx_size(hook) && __atomic_load_n(&hooks[hook].prog, __ATOMIC_SEQ_CST) != NULL;
+}
+
 int kt_bpf_hook_run(uint32_t hook, void *ctx, uint64_t *r0)
 {
 	if (!kt_bpf_hook_ctx_size(hook))

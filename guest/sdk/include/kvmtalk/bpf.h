@@ -92,6 +92,8 @@ void kt_bpf_prog_free(struct kt_bpf_prog *p);
 int kt_bpf_hook_load(uint32_t hook, const void *image, uint32_t len, struct kt_bpf_verify_error *err);
 /** Detaches and frees hook's program: 0, -KT_ENOENT when empty, -KT_EINVAL for an unknown hook. */
 int kt_bpf_hook_unload(uint32_t hook);
+/** 1 when a program is attached at hook, else 0. */
+int kt_bpf_hook_attached(uint32_t hook);
 /** Runs hook's program on ctx: 1 ran (*r0 = its answer, r0 may be NULL), 0 nothing attached. */
 int kt_bpf_hook_run(uint32_t hook, void *ctx, uint64_t *r0);
 /** Bytes of hook's context, 0 for an unknown hook. */
