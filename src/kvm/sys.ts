@@ -31,6 +31,7 @@ const cEpollCtl = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event
 const cEpollWait = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
 const cSchedYield = libc.func('int sched_yield(void)');
 const cSchedSetaffinity = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
+const cSyscall3 = libc.func('int syscall(long nr, long a1, uint64_t a2, long a3)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
 export class SysError extends Error {
@@ -290,3 +291,15 @@ export function schedSetaffinity(tid: number, cpus: readonly number[]): void {
   }
   check(`sched_setaffinity ${tid}`, cSchedSetaffinity(tid, mask.length, mask));
 }
+
+const SYS_BPF = 321;
+
+/**
+ * bpf(2): command `cmd` on the `size`-byte `union bpf_attr` at address `attr` (native memory the
+ * caller owns, since the attribute holds further pointers). Returns the non-negative result (a
+ * new fd for the create and load commands).
+ */
+export function bpf(cmd: number, attr: bigint, size: number, name = `bpf(${cmd})`): number {
+  return check(name, cSyscall3(SYS_BPF, cmd, attr, size) as number);
+}
+
