@@ -260,11 +260,17 @@ static int after_write(struct kt_chan *ch)
 	return n < 0 ? n : 0;
 }
 
-/* After a read: ring the host if its writer waits for space. */
-static void after_read(struct kt_chan *ch)
+void (*kt_chan_rx_observer)(const struct kt_chan *ch, const void *msg, size_t len);
+
+/* After a read of len bytes into msg: ring the host if its writer waits for space, then let the
+ * observer see the message. */
+static void after_read(struct kt_chan *ch, const void *msg, size_t len)
 {
 	if (ch->mode != KT_CHAN_MODE_POLLING && kt_ring_space_doorbell_needed(ch->rx) > 0)
 		kt_chan_notify(ch);
+	ch->received++;
+	if (kt_chan_rx_observer)
+		kt_chan_rx_observer(ch, msg, len);
 }
 
 int kt_chan_try_send(struct kt_chan *ch, const void *msg, size_t len)
@@ -317,7 +323,7 @@ long kt_chan_try_recv(struct kt_chan *ch, void *buf, size_t cap)
 		return -KT_EPIPE;
 	r = kt_ring_try_read(ch->rx, buf, cap);
 	if (r >= 0)
-		after_read(ch);
+		after_read(ch, buf, (size_t)r);
 	return r;
 }
 
@@ -347,7 +353,7 @@ long kt_chan_recv(struct kt_chan *ch, void *buf, size_t cap)
 	if (flagged)
 		kt_ring_end_wait_data(ch->rx);
 	if (r >= 0)
-		after_read(ch);
+		after_read(ch, buf, (size_t)r);
 	return r;
 }
 

@@ -136,7 +136,15 @@ struct kt_chan {
 	struct kt_ring to_host, to_guest;
 	/* Statistics: how often send / recv waited (one KT_HC_WAIT or one spin round each). */
 	uint64_t send_waits, recv_waits;
+	uint64_t received;      /* messages kt_chan_recv / kt_chan_try_recv returned */
 };
+
+/**
+ * Called with every message kt_chan_recv / kt_chan_try_recv return (after ch->received is
+ * counted), when set. The eBPF runtime's channel-rx hook sets it (kvmtalk/bpf-upcall.h); a plain
+ * function pointer keeps programs that never use eBPF from linking the runtime.
+ */
+extern void (*kt_chan_rx_observer)(const struct kt_chan *ch, const void *msg, size_t len);
 
 /**
  * Opens (creates, or gets the existing) channel name with KT_HC_CHAN_OPEN, validates its
