@@ -7,11 +7,18 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { loadBpfObject, type BpfMapDef, type BpfProgram } from '../bpf/elf.js';
+import { loadBpfObject } from '../bpf/elf.js';
+import type { BpfHook } from '../bpf/hooks.js';
+import { imageFromObject, type BpfImage } from '../bpf/image.js';
 import { sdkRoot } from '../sdk/toolchain.js';
 
 /** Bytes of the benchmark packet: the kvmtalk programs' context size (BENCH_PKT_LEN). */
 export const BENCH_PACKET_LEN = 128;
+
+/** The context the kvmtalk entry points are verified for: the packet (no real hook has this context). */
+export const BENCH_PACKET_HOOK: BpfHook = {
+  id: 0, name: 'bench-packet', contextSize: BENCH_PACKET_LEN, description: 'the benchmark packet; r0 = the program\'s result',
+};
 
 /** One benchmark program and what it exercises. */
 export interface BenchProgramInfo {
@@ -32,11 +39,12 @@ export const BENCH_PROGRAMS: readonly BenchProgramInfo[] = [
   { file: 'hash-mix', name: 'hash_mix', description: '8 × hash-map update, lookup, delete' },
 ];
 
-/** A compiled benchmark program: both entry points and the maps they share. */
+/** A compiled benchmark program: the images of both entry points (with the same maps). */
 export interface CompiledBenchProgram extends BenchProgramInfo {
-  kernel: BpfProgram;
-  kvmtalk: BpfProgram;
-  maps: BpfMapDef[];
+  /** `<name>_xdp`, for the kernel. */
+  kernel: BpfImage;
+  /** `<name>_kt`, for kvmtalk's runtimes (context: the benchmark packet). */
+  kvmtalk: BpfImage;
 }
 
 /** The repository's bench/bpf/ directory. */
@@ -81,12 +89,11 @@ export function compileBenchProgram(file: string, log: (s: string) => void = () 
 /** Compiles and loads one benchmark program (both entry points). */
 export function loadBenchProgram(info: BenchProgramInfo, log?: (s: string) => void): CompiledBenchProgram {
   const obj = loadBpfObject(readFileSync(compileBenchProgram(info.file, log)));
-  const entry = (fn: string, section: string): BpfProgram => {
-    const p = obj.programs.find((x) => x.name === fn);
-    if (!p || p.section !== section) throw new Error(`bench/bpf/${info.file}.c: no function '${fn}' in section '${section}'`);
-    return p;
+  const entry = (fn: string, section: string): BpfImage => {
+    if (!obj.programs.some((x) => x.name === fn && x.section === section)) throw new Error(`bench/bpf/${info.file}.c: no function '${fn}' in section '${section}'`);
+    return imageFromObject(obj, fn);
   };
-  return { ...info, kernel: entry(`${info.name}_xdp`, 'xdp'), kvmtalk: entry(`${info.name}_kt`, 'kvmtalk'), maps: obj.maps };
+  return { ...info, kernel: entry(`${info.name}_xdp`, 'xdp'), kvmtalk: entry(`${info.name}_kt`, 'kvmtalk') };
 }
 
 /**

@@ -1,42 +1,22 @@
 /**
- * Runs eBPF programs on the host in the TypeScript interpreter with the guest runtime's helpers
- * and map semantics (docs/bpf-runtime.md): array and hash maps kept in this process, helpers
- * 1-3 (map lookup / update / delete), 5 (ktime_get_ns), 7 (get_prandom_u32) and 8
+ * Runs KTBP program images on the host in the TypeScript interpreter with the guest runtime's
+ * helpers and map semantics (docs/bpf-runtime.md): array and hash maps kept in this process,
+ * helpers 1-3 (map lookup / update / delete), 5 (ktime_get_ns), 7 (get_prandom_u32) and 8
  * (get_smp_processor_id, always 0). For testing programs and as the TS column of `kvmtalk bench bpf`.
  * @module
  */
 import { KT_ERR } from '../hypercall/abi.js';
-import type { BpfMapDef } from './elf.js';
+import { BPF_MAP_TYPE } from './hooks.js';
+import { encodeImage, type BpfImage, type ImageMap } from './image.js';
 import { BpfInterpreter, BpfRuntimeError, type BpfHelper, type BpfRegion } from './interpreter.js';
-import { LDDW_PSEUDO, encodeProgram, type BpfInsn } from './isa.js';
-import type { HelperSpec, MapSpec } from './verifier.js';
+import { LDDW_PSEUDO, encodeProgram } from './isa.js';
 
-/** What the verifier needs to know about the runtime's helpers (the same ids as Linux). */
-export const RUNTIME_HELPERS: HelperSpec[] = [
-  { id: 1, name: 'map_lookup_elem', args: ['map', 'map-key'], ret: 'map-value-or-null' },
-  { id: 2, name: 'map_update_elem', args: ['map', 'map-key', 'map-value', 'scalar'], ret: 'scalar' },
-  { id: 3, name: 'map_delete_elem', args: ['map', 'map-key'], ret: 'scalar' },
-  { id: 5, name: 'ktime_get_ns', args: [], ret: 'scalar' },
-  { id: 7, name: 'get_prandom_u32', args: [], ret: 'scalar' },
-  { id: 8, name: 'get_smp_processor_id', args: [], ret: 'scalar' },
-];
-
-export const BPF_MAP_TYPE_HASH = 1;
-export const BPF_MAP_TYPE_ARRAY = 2;
-const MAP_BY_IDX = LDDW_PSEUDO.indexOf('map_by_idx');
+const MAP_BY_FD = LDDW_PSEUDO.indexOf('map_by_fd');
 /** Map i's values live at MAP_VALUES_BASE + i * MAP_VALUES_STRIDE; its handle is MAP_HANDLE_BASE + i. */
 const MAP_VALUES_BASE = 0x2_0000_0000n;
 const MAP_VALUES_STRIDE = 0x1_0000_0000n;
 const MAP_HANDLE_BASE = 0x1_0000_0000_0000n;
 const err = (code: number): bigint => BigInt.asUintN(64, BigInt(-code));
-
-/** A map definition this runtime cannot hold (bad type or sizes), in the image contract's limits. */
-export class HostMapError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'HostMapError';
-  }
-}
 
 /** One map: `values` holds max_entries slots of round_up(value_size, 8) bytes. */
 class HostMap {
@@ -46,20 +26,15 @@ class HostMap {
   private readonly slots = new Map<string, number>();
   private readonly free: number[] = [];
 
-  constructor(readonly def: BpfMapDef) {
-    const { name, type, keySize, valueSize, maxEntries } = def;
-    if (type !== BPF_MAP_TYPE_HASH && type !== BPF_MAP_TYPE_ARRAY) throw new HostMapError(`map '${name}': type ${type} is neither hash (1) nor array (2)`);
-    if (type === BPF_MAP_TYPE_ARRAY ? keySize !== 4 : keySize < 1 || keySize > 64) throw new HostMapError(`map '${name}': key_size ${keySize} (array: 4, hash: 1 … 64)`);
-    if (valueSize < 1 || valueSize > 1024) throw new HostMapError(`map '${name}': value_size ${valueSize} outside 1 … 1024`);
-    if (maxEntries < 1 || maxEntries > 65536) throw new HostMapError(`map '${name}': max_entries ${maxEntries} outside 1 … 65536`);
-    this.stride = (valueSize + 7) & ~7;
-    this.values = new Uint8Array(this.stride * maxEntries);
-    for (let i = maxEntries - 1; i >= 0; i--) this.free.push(i);
+  constructor(readonly def: ImageMap) {
+    this.stride = (def.valueSize + 7) & ~7;
+    this.values = new Uint8Array(this.stride * def.maxEntries);
+    for (let i = def.maxEntries - 1; i >= 0; i--) this.free.push(i);
   }
 
   /** The slot holding `key`, or -1. */
   find(key: Uint8Array): number {
-    if (this.def.type === BPF_MAP_TYPE_ARRAY) {
+    if (this.def.type === BPF_MAP_TYPE.ARRAY) {
       const i = new DataView(key.buffer, key.byteOffset, 4).getUint32(0, true);
       return i < this.def.maxEntries ? i : -1;
     }
@@ -70,7 +45,7 @@ class HostMap {
   update(key: Uint8Array, value: Uint8Array, flags: bigint): number {
     if (flags > 2n) return -KT_ERR.EINVAL;
     let slot = this.find(key);
-    if (this.def.type === BPF_MAP_TYPE_ARRAY) {
+    if (this.def.type === BPF_MAP_TYPE.ARRAY) {
       if (slot < 0) return -KT_ERR.E2BIG;
       if (flags === 1n) return -KT_ERR.EEXIST;
     } else if (slot >= 0) {
@@ -87,7 +62,7 @@ class HostMap {
   }
 
   delete(key: Uint8Array): number {
-    if (this.def.type === BPF_MAP_TYPE_ARRAY) return -KT_ERR.EINVAL;
+    if (this.def.type === BPF_MAP_TYPE.ARRAY) return -KT_ERR.EINVAL;
     const hex = Buffer.from(key).toString('hex');
     const slot = this.slots.get(hex);
     if (slot === undefined) return -KT_ERR.ENOENT;
@@ -98,8 +73,8 @@ class HostMap {
 }
 
 /**
- * A program ready to run in the TS interpreter against maps created from `maps` (in image
- * order: `lddw map_by_idx(i)` refers to maps[i]). Maps keep their contents between runs.
+ * A program image ready to run in the TS interpreter, with fresh maps made from the image's map
+ * definitions (`lddw map_by_fd(i)` refers to map i). Maps keep their contents between runs.
  */
 export class HostProgram {
   private readonly interp: BpfInterpreter;
@@ -108,9 +83,11 @@ export class HostProgram {
   private readonly helpers = new Map<number, BpfHelper>();
   private rand = 0x2545f491;
 
-  constructor(insns: readonly BpfInsn[], maps: readonly BpfMapDef[] = []) {
-    this.interp = new BpfInterpreter(encodeProgram(insns));
-    this.maps = maps.map((d) => new HostMap(d));
+  /** @throws BpfImageError for an image the guest would refuse to parse */
+  constructor(image: BpfImage) {
+    encodeImage(image); // the guest's checks of maps and map references
+    this.interp = new BpfInterpreter(encodeProgram(image.insns));
+    this.maps = image.maps.map((d) => new HostMap(d));
     this.regions = this.maps.map((m, i) => ({ base: MAP_VALUES_BASE + BigInt(i) * MAP_VALUES_STRIDE, bytes: m.values, writable: true }));
     const mapAt = (handle: bigint, pc: number): [HostMap, number] => {
       const i = Number(handle - MAP_HANDLE_BASE);
@@ -144,11 +121,6 @@ export class HostProgram {
     this.helpers.set(8, () => 0n);
   }
 
-  /** The verifier's view of this program's maps. */
-  mapSpecs(): MapSpec[] {
-    return this.maps.map((m, index) => ({ index, keySize: m.def.keySize, valueSize: m.def.valueSize }));
-  }
-
   /**
    * Runs the program with r1 = `ctx` (writable, as a hook's private copy) and returns r0.
    * @throws BpfRuntimeError on a fault
@@ -159,7 +131,7 @@ export class HostProgram {
       regions: this.regions,
       helpers: this.helpers,
       resolvePseudo: (src, imm) => {
-        if (src === MAP_BY_IDX && imm >= 0 && imm < this.maps.length) return MAP_HANDLE_BASE + BigInt(imm);
+        if (src === MAP_BY_FD && imm >= 0 && imm < this.maps.length) return MAP_HANDLE_BASE + BigInt(imm);
         throw new BpfRuntimeError(-1, `lddw with pseudo source ${src} (imm ${imm}) is not a map of this program`);
       },
     }).r0;

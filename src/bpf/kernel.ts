@@ -9,15 +9,14 @@
  */
 import { readFileSync } from 'node:fs';
 import * as sys from '../kvm/sys.js';
-import type { BpfMapDef } from './elf.js';
-import { LDDW_OPCODE, LDDW_PSEUDO, encodeProgram, type BpfInsn } from './isa.js';
+import type { BpfImage, ImageMap } from './image.js';
+import { LDDW_OPCODE, LDDW_PSEUDO, encodeProgram } from './isa.js';
 
 /** bpf(2) commands (include/uapi/linux/bpf.h). */
 const CMD = { MAP_CREATE: 0, PROG_LOAD: 5, PROG_TEST_RUN: 10 } as const;
 const BPF_PROG_TYPE_XDP = 6;
-/** src_reg of an lddw whose imm is a map fd. */
-const BPF_PSEUDO_MAP_FD = 1;
-const MAP_BY_IDX = LDDW_PSEUDO.indexOf('map_by_idx');
+/** src_reg of an lddw whose imm is a map: an fd for the kernel, an index into the maps in an image. */
+const MAP_BY_FD = LDDW_PSEUDO.indexOf('map_by_fd');
 /** Bytes passed as the attribute size: more than any command here uses; the tail stays zero. */
 const ATTR_SIZE = 160;
 const LOG_SIZE = 1 << 20;
@@ -84,31 +83,18 @@ export class KernelBpf {
   }
 
   /**
-   * Creates a map like the legacy definition `def` (hash or array).
-   * @throws KernelBpfUnavailableError when bpf(2) is not permitted; SysError for other failures
-   */
-  createMap(def: BpfMapDef): number {
-    const a = this.attr();
-    this.dv.setUint32(a, def.type, true);
-    this.dv.setUint32(a + 4, def.keySize, true);
-    this.dv.setUint32(a + 8, def.valueSize, true);
-    this.dv.setUint32(a + 12, def.maxEntries, true);
-    this.dv.setUint32(a + 16, def.flags, true);
-    this.mem.set(new TextEncoder().encode(def.name.slice(0, 15).replace(/[^A-Za-z0-9_.]/g, '_')), a + 28); // map_name
-    return this.keep(this.call(CMD.MAP_CREATE, `BPF_MAP_CREATE '${def.name}'`));
-  }
-
-  /**
-   * Loads `insns` (as elf.ts gives them: map references as `lddw map_by_idx(i)`) as an XDP program
-   * whose map i is `mapFds[i]`.
+   * Loads a KTBP program image as an XDP program, with new kernel maps made from its map
+   * definitions (so a program's maps start empty, as in a fresh guest).
+   * @throws KernelBpfUnavailableError when bpf(2) is not permitted
    * @throws KernelVerifierError with the verifier's log when the kernel refuses the program
    */
-  loadXdp(name: string, insns: readonly BpfInsn[], mapFds: readonly number[]): KernelProgram {
-    const patched = insns.map((insn) => {
-      if (insn.opcode !== LDDW_OPCODE || insn.src !== MAP_BY_IDX) return insn;
-      const fd = mapFds[insn.imm];
-      if (fd === undefined) throw new RangeError(`program '${name}' refers to map ${insn.imm}, but only ${mapFds.length} map fd(s) were given`);
-      return { ...insn, src: BPF_PSEUDO_MAP_FD, imm: fd, imm64: BigInt(fd) };
+  loadXdp(name: string, image: BpfImage): KernelProgram {
+    const fds = image.maps.map((m) => this.createMap(m));
+    const patched = image.insns.map((insn) => {
+      if (insn.opcode !== LDDW_OPCODE || insn.src !== MAP_BY_FD) return insn;
+      const fd = fds[insn.imm];
+      if (fd === undefined) throw new RangeError(`program '${name}' refers to map ${insn.imm}, but the image has ${fds.length} map(s)`);
+      return { ...insn, imm: fd, imm64: BigInt(fd) };
     });
     const code = encodeProgram(patched);
     if (OFF.insns + code.length > ARENA_SIZE) throw new RangeError(`program '${name}' is too long (${code.length / 8} slots)`);
@@ -161,6 +147,17 @@ export class KernelBpf {
     this.closed = true;
     for (const fd of this.fds.splice(0)) sys.close(fd);
     sys.munmap(this.base, ARENA_SIZE);
+  }
+
+  /** A new kernel map like `def`. */
+  private createMap(def: ImageMap): number {
+    const a = this.attr();
+    this.dv.setUint32(a, def.type, true);
+    this.dv.setUint32(a + 4, def.keySize, true);
+    this.dv.setUint32(a + 8, def.valueSize, true);
+    this.dv.setUint32(a + 12, def.maxEntries, true);
+    this.mem.set(new TextEncoder().encode(def.name.slice(0, 15).replace(/[^A-Za-z0-9_.]/g, '_')), a + 28); // map_name
+    return this.keep(this.call(CMD.MAP_CREATE, `BPF_MAP_CREATE '${def.name}'`));
   }
 
   private attr(): number {

@@ -8,10 +8,10 @@
  */
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
-import { BENCH_PROGRAMS, benchPacket, clangBpfAvailable, loadBenchProgram, type CompiledBenchProgram } from '../../src/bench/bpf-programs.js';
-import { HostProgram, RUNTIME_HELPERS } from '../../src/bpf/host-runtime.js';
+import { BENCH_PACKET_HOOK, BENCH_PROGRAMS, benchPacket, clangBpfAvailable, loadBenchProgram, type CompiledBenchProgram } from '../../src/bench/bpf-programs.js';
+import { HostProgram } from '../../src/bpf/host-runtime.js';
+import { verifyImage } from '../../src/bpf/image.js';
 import { KernelBpf, KernelBpfUnavailableError } from '../../src/bpf/kernel.js';
-import { verify } from '../../src/bpf/verifier.js';
 
 const PACKET = benchPacket();
 
@@ -90,10 +90,9 @@ for (const info of BENCH_PROGRAMS) {
   test(`bench/bpf ${info.file}.c: elf.ts loads both entry points; verified; TS interpreter returns the expected value`, (t) => {
     if (!requireClang(t)) return;
     const p = program(info.name);
-    assert.equal(p.kernel.section, 'xdp');
-    assert.equal(p.kvmtalk.section, 'kvmtalk');
-    const host = new HostProgram(p.kvmtalk.insns, p.maps);
-    const v = verify(p.kvmtalk.insns, { contextSize: PACKET.length, helpers: RUNTIME_HELPERS, maps: host.mapSpecs() });
+    assert.deepEqual(p.kernel.maps, p.kvmtalk.maps);
+    const host = new HostProgram(p.kvmtalk);
+    const v = verifyImage(p.kvmtalk, BENCH_PACKET_HOOK);
     assert.ok(v.ok, `verifier: ${JSON.stringify(!v.ok && v.errors)}`);
     assert.equal(host.run(PACKET.slice()), BigInt(EXPECTED[info.name]!));
   });
@@ -102,7 +101,7 @@ for (const info of BENCH_PROGRAMS) {
 test('array_count keeps its counters in the map between runs', (t) => {
   if (!requireClang(t)) return;
   const p = program('array_count');
-  const host = new HostProgram(p.kvmtalk.insns, p.maps);
+  const host = new HostProgram(p.kvmtalk);
   for (let run = 1; run <= 3; run++) assert.equal(host.run(PACKET.slice()), BigInt(arrayCount(PACKET, run)));
   const key = new Uint8Array([PACKET[0] & 15, 0, 0, 0]);
   const count = [...PACKET.subarray(0, 16)].filter((b) => (b & 15) === key[0]).length;
@@ -112,7 +111,7 @@ test('array_count keeps its counters in the map between runs', (t) => {
 test('hash_mix leaves its map empty (every insert is deleted again)', (t) => {
   if (!requireClang(t)) return;
   const p = program('hash_mix');
-  const host = new HostProgram(p.kvmtalk.insns, p.maps);
+  const host = new HostProgram(p.kvmtalk);
   host.run(PACKET.slice());
   assert.equal(host.run(PACKET.slice()), BigInt(EXPECTED.hash_mix!));
   for (let i = 0; i < 8; i++) assert.equal(host.lookup('flows', PACKET.slice(8 * i, 8 * i + 8)), undefined);
@@ -125,7 +124,7 @@ test('the Linux kernel (XDP, BPF_PROG_TEST_RUN) returns the same values as the T
     kernel = new KernelBpf();
     for (const info of BENCH_PROGRAMS) {
       const p = program(info.name);
-      const prog = kernel.loadXdp(p.kernel.name, p.kernel.insns, p.maps.map((m) => kernel!.createMap(m)));
+      const prog = kernel.loadXdp(`${info.name}_xdp`, p.kernel);
       assert.equal(kernel.testRun(prog, PACKET, 1).retval, EXPECTED[info.name], info.name);
       if (info.name === 'array_count') assert.equal(kernel.testRun(prog, PACKET, 4).retval, arrayCount(PACKET, 5));
     }
@@ -143,8 +142,9 @@ test('KernelBpf: a program the kernel refuses gives its verifier log', (t) => {
   try {
     kernel = new KernelBpf();
     // r0 is read before it is written
-    assert.throws(() => kernel!.loadXdp('bad', [{ opcode: 0x95, dst: 0, src: 0, off: 0, imm: 0 }], []), /kernel rejected 'bad' \(EACCES\):[^]*R0 !read_ok/);
-    assert.throws(() => kernel!.loadXdp('nomap', [{ opcode: 0x18, dst: 1, src: 5, off: 0, imm: 0, imm64: 0n }, { opcode: 0x95, dst: 0, src: 0, off: 0, imm: 0 }], []), /refers to map 0/);
+    const exit = { opcode: 0x95, dst: 0, src: 0, off: 0, imm: 0 };
+    assert.throws(() => kernel!.loadXdp('bad', { maps: [], insns: [exit] }), /kernel rejected 'bad' \(EACCES\):[^]*R0 !read_ok/);
+    assert.throws(() => kernel!.loadXdp('nomap', { maps: [], insns: [{ opcode: 0x18, dst: 1, src: 1, off: 0, imm: 0, imm64: 0n }, exit] }), /refers to map 0/);
   } catch (e) {
     if (!(e instanceof KernelBpfUnavailableError)) throw e;
     console.log(`SKIP (bpf(2) not permitted): ${e.message}`);
