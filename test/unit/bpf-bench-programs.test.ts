@@ -9,8 +9,13 @@
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
 import { BENCH_PACKET_HOOK, BENCH_PROGRAMS, benchPacket, clangBpfAvailable, loadBenchProgram, type CompiledBenchProgram } from '../../src/bench/bpf-programs.js';
+import { verifierStressProgram } from '../../src/bench/bpf.js';
+import { GUEST_HELPERS } from '../../src/bpf/hooks.js';
 import { HostProgram } from '../../src/bpf/host-runtime.js';
-import { verifyImage } from '../../src/bpf/image.js';
+import { BpfImageError, verifyImage } from '../../src/bpf/image.js';
+import { BpfRuntimeError } from '../../src/bpf/interpreter.js';
+import { slotCount } from '../../src/bpf/isa.js';
+import { verify } from '../../src/bpf/verifier.js';
 import { KernelBpf, KernelBpfUnavailableError } from '../../src/bpf/kernel.js';
 
 const PACKET = benchPacket();
@@ -152,4 +157,21 @@ test('KernelBpf: a program the kernel refuses gives its verifier log', (t) => {
   } finally {
     kernel?.close();
   }
+});
+
+test('the verifier benchmark program is 4,096 slots long and verifies', () => {
+  const prog = verifierStressProgram();
+  assert.equal(prog.reduce((n, i) => n + slotCount(i), 0), 4096);
+  const v = verify(prog, { contextSize: PACKET.length, helpers: [...GUEST_HELPERS] });
+  assert.ok(v.ok, JSON.stringify(!v.ok && v.errors));
+  assert.ok(v.stats.processed >= 4096);
+});
+
+test('HostProgram refuses an image the guest would refuse, and faults stay BpfRuntimeErrors', () => {
+  const exit = { opcode: 0x95, dst: 0, src: 0, off: 0, imm: 0 };
+  assert.throws(() => new HostProgram({ maps: [{ name: 'bad name!', type: 2, keySize: 4, valueSize: 8, maxEntries: 1 }], insns: [exit] }), BpfImageError);
+  assert.throws(() => new HostProgram({ maps: [], insns: [{ opcode: 0x18, dst: 1, src: 1, off: 0, imm: 3, imm64: 3n }, exit] }), BpfImageError);
+  // r0 = *(u64 *)(r1 + 200): outside the 128-byte context
+  const oob = new HostProgram({ maps: [], insns: [{ opcode: 0x79, dst: 0, src: 1, off: 200, imm: 0 }, exit] });
+  assert.throws(() => oob.run(PACKET.slice()), BpfRuntimeError);
 });
