@@ -9,14 +9,8 @@
  *   HC_TASK()                       → 0: done; else i << 40 | mode << 32 | runs (mode 1 JIT, 2 interpreter)
  *   HC_RESULT(r0)                   r0 of the task's last run
  * Each task's runs lie between KT_HC_BENCH_MARK marks 1 and 2, which the host timestamps.
- *
- * Until the guest eBPF runtime is part of the SDK (kvmtalk/bpf.h), this builds to a stub that
- * exits with status 3 and says why.
  */
 #include <kvmtalk.h>
-
-#if __has_include(<kvmtalk/bpf.h>)
-#include <kvmtalk/bpf.h>
 
 #define HC_PACKET (KT_HC_USER_BASE + 0)
 #define HC_IMAGE  (KT_HC_USER_BASE + 1)
@@ -80,10 +74,3 @@ int main(void)
 		kt_hypercall1(HC_RESULT, r0);
 	}
 }
-#else
-int main(void)
-{
-	kt_printf("bench-bpf: this SDK has no eBPF runtime (kvmtalk/bpf.h)\n");
-	return 3;
-}
-#endif

@@ -7,6 +7,7 @@ import { registerBench } from './commands/bench.js';
 import { registerCc, registerSdk } from './commands/cc.js';
 import { registerDemo } from './commands/demo.js';
 import { registerInfo } from './commands/info.js';
+import { registerInject, registerUpcall } from './commands/inject.js';
 import { registerAttach, registerPs } from './commands/attach.js';
 import { registerBpf } from './commands/bpf.js';
 import { registerRun } from './commands/run.js';
@@ -29,6 +30,8 @@ registerTranslate(program);
 registerAttach(program);
 registerPs(program);
 registerBpf(program);
+registerInject(program);
+registerUpcall(program);
 
 try {
   await program.parseAsync(process.argv);

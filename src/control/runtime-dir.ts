@@ -109,9 +109,9 @@ export function checkVmName(name: string): void {
   if (!NAME_RE.test(name)) throw new RangeError(`bad VM name '${name}': use 1–64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
 }
 
-/** Paths of a VM's two files. */
-export function vmPaths(dir: string, name: string): { socket: string; json: string } {
-  return { socket: join(dir, `${name}.sock`), json: join(dir, `${name}.json`) };
+/** Paths of a VM's files: control socket, entry, and the upcall endpoint's socket and TCP token (docs/upcall-device.md). */
+export function vmPaths(dir: string, name: string): { socket: string; json: string; upcallSocket: string; upcallToken: string } {
+  return { socket: join(dir, `${name}.sock`), json: join(dir, `${name}.json`), upcallSocket: join(dir, `${name}.upcall.sock`), upcallToken: join(dir, `${name}.upcall.token`) };
 }
 
 /** Start time of process `pid` in clock ticks since boot, or undefined if it does not exist. */
@@ -158,8 +158,7 @@ function parseEntry(text: string, file: string): VmEntry | undefined {
 /** Removes a VM's files, ignoring ones already gone. */
 export function removeVmFiles(dir: string, name: string): void {
   const p = vmPaths(dir, name);
-  rmSync(p.json, { force: true });
-  rmSync(p.socket, { force: true });
+  for (const f of [p.json, p.socket, p.upcallSocket, p.upcallToken]) rmSync(f, { force: true });
 }
 
 /**

@@ -4,8 +4,11 @@
  * through a paged DATA window), the guest answers with a load status, and the guest asks the host
  * to pin a vCPU thread to a host CPU (AFFINITY).
  *
- * Only the register model and the host-side API live here; nothing is wired into a VM yet. Every
- * guest access either does what the spec says or is ignored and counted — no guest access throws.
+ * Every vCPU thread has its own {@link UpcallDevice} (devices run in the thread that takes the
+ * exit), and all of them and the main thread share one {@link UpcallState}: the registers and the
+ * current program live in a SharedArrayBuffer, and every register update holds a small lock in it.
+ * The command queue and the promises live on the main thread (`src/upcall/upcall-host.ts`).
+ * Every guest access either does what the spec says or is ignored and counted — no guest access throws.
  *
  * @module
  */
@@ -37,6 +40,9 @@ export const UPCALL_REG = {
   AFFINITY: 0x030,
   AFFINITY_STATUS: 0x034,
   WINDOW_SIZE: 0x038,
+  MAP_DIR_LO: 0x03c,
+  MAP_DIR_HI: 0x040,
+  HOST_CPUS: 0x044,
 } as const;
 
 /** Offset of the read-only DATA window. */
@@ -68,38 +74,21 @@ export const UPCALL_CMD = {
 } as const;
 
 /** Errno values the device itself reports (Linux numbering, negated in the registers). */
-export const UPCALL_ERRNO = { EPERM: 1, EIO: 5, EBUSY: 16, EINVAL: 22, EOPNOTSUPP: 95 } as const;
+export const UPCALL_ERRNO = { EPERM: 1, ESRCH: 3, EIO: 5, EINVAL: 22, EOPNOTSUPP: 95 } as const;
 
 /** Lowest and highest vector IRQ_VECTOR accepts (docs/guest-abi.md, "Vectors"); 0 = none. */
 export const UPCALL_VECTOR_MIN = 0x20;
 export const UPCALL_VECTOR_MAX = 0xef;
 /** AFFINITY's vCPU field meaning "the vCPU doing the write". */
 export const UPCALL_AFFINITY_SELF = 0xffff;
-/** Largest program {@link UpcallDevice.deliver} accepts by default (1 MiB). */
-export const UPCALL_DEFAULT_MAX_PROGRAM = 1 << 20;
+/** Largest program by default: 64 KiB, the guest driver's buffer (a KTBP image is at most 33,296 bytes). */
+export const UPCALL_DEFAULT_MAX_PROGRAM = 1 << 16;
 /** STATUS_PC value meaning "no instruction". */
 export const UPCALL_NO_PC = 0xffffffff;
+/** Most vCPUs whose thread ids the shared state holds (layout.ts MAX_VCPUS). */
+const MAX_TIDS = 64;
 
-/** What the guest answered to a command. */
-export interface LoadStatus {
-  /** STATUS as a signed i32: 0 success, a negative errno on failure. */
-  status: number;
-  /** STATUS_PC (instruction index the verifier rejected), or null for {@link UPCALL_NO_PC}. */
-  pc: number | null;
-  /** COMMAND_SEQ of the command. */
-  seq: number;
-}
-
-/** An AFFINITY request: pin vCPU `vcpu`'s thread to host CPU `hostCpu`. */
-export interface AffinityRequest {
-  vcpu: number;
-  hostCpu: number;
-}
-
-/** Returns 0 or a negative errno; reported to the guest in AFFINITY_STATUS. */
-export type AffinityHandler = (request: AffinityRequest) => number;
-
-/** Accesses the device ignored, by reason. */
+/** Accesses the device ignored or handled, by kind; shared by every vCPU thread. */
 export interface UpcallCounters {
   /** Not exactly 4 bytes, or not 4-byte aligned. */
   badSize: number;
@@ -111,193 +100,313 @@ export interface UpcallCounters {
   badValue: number;
   /** ACK writes with no command pending or a COMMAND_SEQ that is not the current one. */
   staleAcks: number;
-  /** raiseIrq callbacks that threw (the device carried on). */
+  /** Interrupts the host failed to raise (the device carried on). */
   irqErrors: number;
+  /** Guest reads and writes of any kind. */
+  reads: number;
+  writes: number;
+  /** Commands completed by an ACK. */
+  acks: number;
+  /** AFFINITY writes. */
+  affinityRequests: number;
 }
+const COUNTER_NAMES: readonly (keyof UpcallCounters)[] = [
+  'badSize', 'badOffset', 'readOnlyWrites', 'badValue', 'staleAcks', 'irqErrors', 'reads', 'writes', 'acks', 'affinityRequests',
+];
 
-/** Construction options for {@link UpcallDevice}. */
-export interface UpcallDeviceOptions {
-  /** Sends `vector` to the guest (e.g. `vm.signalMsi(vector, cpu)`). Must not block. */
-  raiseIrq: (vector: number) => void;
-  /** Guest-physical base of the register page (default {@link UPCALL_BASE}). */
-  base?: bigint;
-  /** Number of vCPUs, for validating AFFINITY (default: no check here, the handler decides). */
-  vcpuCount?: number;
-  /** Largest program {@link UpcallDevice.deliver} accepts (default {@link UPCALL_DEFAULT_MAX_PROGRAM}). */
-  maxProgram?: number;
-}
+/** Int32 slots of the shared state. Registers first, then counters, then vCPU thread ids. */
+const W = {
+  LOCK: 0,
+  IRQ_STATUS: 1,
+  IRQ_VECTOR: 2,
+  COMMAND: 3,
+  COMMAND_ARG: 4,
+  COMMAND_SEQ: 5,
+  DATA_LEN: 6,
+  DATA_OFFSET: 7,
+  STATUS: 8,
+  STATUS_PC: 9,
+  AFFINITY: 10,
+  AFFINITY_STATUS: 11,
+  MAP_DIR_LO: 12,
+  MAP_DIR_HI: 13,
+  VCPU_COUNT: 14,
+  MAX_PROGRAM: 15,
+  COUNTERS: 16,
+  TIDS: 32,
+} as const;
+/** Bytes before the program buffer. */
+const HEADER_BYTES = 4 * (W.TIDS + MAX_TIDS);
 
-interface Command {
-  code: number;
-  arg: number;
-  data: Uint8Array;
-  seq: number;
-  resolve: (status: LoadStatus) => void;
-  reject: (error: Error) => void;
-}
+/** What a vCPU thread's device tells the main thread (posted, never waited for). */
+export type UpcallEvent =
+  /** The guest completed command `seq` with this STATUS / STATUS_PC. */
+  | { kind: 'ack'; seq: number; status: number; pc: number }
+  /** The guest set a vector while an interrupting event was pending: raise it now. */
+  | { kind: 'irq' }
+  /** The guest asked for vCPU `vcpu` on host CPU `hostCpu`; AFFINITY_STATUS got `result`. */
+  | { kind: 'affinity'; vcpu: number; hostCpu: number; result: number };
 
-/** Commands the host withdrew with {@link UpcallDevice.cancelAll} reject with this. */
-export class UpcallCancelledError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'UpcallCancelledError';
+/**
+ * The device's registers, counters, the vCPU threads' ids and the current program, in one
+ * SharedArrayBuffer that every thread attaches to. Methods that change registers hold the lock.
+ */
+export class UpcallState {
+  readonly buffer: SharedArrayBuffer;
+  readonly vcpuCount: number;
+  readonly maxProgram: number;
+  private readonly words: Int32Array;
+  private readonly program: Uint8Array;
+
+  private constructor(buffer: SharedArrayBuffer) {
+    this.buffer = buffer;
+    this.words = new Int32Array(buffer, 0, HEADER_BYTES / 4);
+    this.vcpuCount = this.words[W.VCPU_COUNT]!;
+    this.maxProgram = this.words[W.MAX_PROGRAM]!;
+    this.program = new Uint8Array(buffer, HEADER_BYTES, this.maxProgram);
+  }
+
+  /**
+   * Fresh state at reset values for a VM of `vcpuCount` vCPUs. `vector` presets IRQ_VECTOR (a
+   * guest that knows it need not write it; default 0 = none).
+   */
+  static create(vcpuCount: number, { maxProgram = UPCALL_DEFAULT_MAX_PROGRAM, vector = 0 } = {}): UpcallState {
+    if (!Number.isInteger(vcpuCount) || vcpuCount < 1 || vcpuCount > MAX_TIDS) throw new RangeError(`vCPU count must be 1–${MAX_TIDS}, got ${vcpuCount}`);
+    if (!Number.isInteger(maxProgram) || maxProgram < 1 || maxProgram > 1 << 24) throw new RangeError(`max program must be 1 B–16 MiB, got ${maxProgram}`);
+    if (!Number.isInteger(vector) || (vector !== 0 && (vector < UPCALL_VECTOR_MIN || vector > UPCALL_VECTOR_MAX))) throw new RangeError(`upcall vector must be 0 or 0x20–0xef, got ${vector}`);
+    const buffer = new SharedArrayBuffer(HEADER_BYTES + maxProgram);
+    const words = new Int32Array(buffer, 0, HEADER_BYTES / 4);
+    words[W.STATUS_PC] = UPCALL_NO_PC | 0;
+    words[W.AFFINITY] = -1;
+    words[W.IRQ_VECTOR] = vector;
+    words[W.VCPU_COUNT] = vcpuCount;
+    words[W.MAX_PROGRAM] = maxProgram;
+    return new UpcallState(buffer);
+  }
+
+  /** The state another thread created (its {@link buffer}). */
+  static attach(buffer: SharedArrayBuffer): UpcallState {
+    return new UpcallState(buffer);
+  }
+
+  /** Runs `fn` holding the lock. Critical sections are a few loads and stores: spinning is fine. */
+  locked<T>(fn: () => T): T {
+    while (Atomics.compareExchange(this.words, W.LOCK, 0, 1) !== 0) {
+      // Another thread is inside a handful of stores; nothing to sleep for.
+    }
+    try {
+      return fn();
+    } finally {
+      Atomics.store(this.words, W.LOCK, 0);
+    }
+  }
+
+  /** Register word `w` as a u32 (call inside {@link locked} where consistency matters). */
+  get(w: number): number {
+    return Atomics.load(this.words, w) >>> 0;
+  }
+
+  set(w: number, value: number): void {
+    Atomics.store(this.words, w, value | 0);
+  }
+
+  count(name: keyof UpcallCounters): void {
+    Atomics.add(this.words, W.COUNTERS + COUNTER_NAMES.indexOf(name), 1);
+  }
+
+  /** A snapshot of the counters. */
+  counters(): UpcallCounters {
+    const out = {} as UpcallCounters;
+    COUNTER_NAMES.forEach((n, i) => (out[n] = Atomics.load(this.words, W.COUNTERS + i) >>> 0));
+    return out;
+  }
+
+  /** Records vCPU `cpu`'s kernel thread id (each vCPU thread at start), for AFFINITY requests. */
+  publishTid(cpu: number, tid: number): void {
+    if (cpu >= 0 && cpu < this.vcpuCount) Atomics.store(this.words, W.TIDS + cpu, tid);
+  }
+
+  /** vCPU `cpu`'s thread id, 0 before its thread started. */
+  tid(cpu: number): number {
+    return cpu >= 0 && cpu < this.vcpuCount ? Atomics.load(this.words, W.TIDS + cpu) : 0;
+  }
+
+  /** IRQ_VECTOR now (0 = none). */
+  get vector(): number {
+    return this.get(W.IRQ_VECTOR);
+  }
+
+  /** The guest-physical address the guest wrote to MAP_DIR_LO/HI (0n: none). */
+  mapDirectory(): bigint {
+    return this.locked(() => (BigInt(this.get(W.MAP_DIR_HI)) << 32n) | BigInt(this.get(W.MAP_DIR_LO)));
+  }
+
+  /** COMMAND_SEQ of the command the guest can see, 0 when none. */
+  get visibleSeq(): number {
+    return this.get(W.COMMAND_SEQ);
+  }
+
+  /**
+   * Makes a command visible to the guest (main thread, only while none is). Returns whether to
+   * raise the interrupt (a vector is set).
+   */
+  post(code: number, arg: number, seq: number, data: Uint8Array): boolean {
+    if (data.length > this.maxProgram) throw new RangeError(`program of ${data.length} bytes exceeds ${this.maxProgram}`);
+    return this.locked(() => {
+      if (this.get(W.COMMAND) !== UPCALL_CMD.NONE) throw new Error('upcall: a command is already visible');
+      this.program.set(data);
+      this.set(W.COMMAND, code);
+      this.set(W.COMMAND_ARG, arg);
+      this.set(W.COMMAND_SEQ, seq);
+      this.set(W.DATA_LEN, data.length);
+      this.set(W.DATA_OFFSET, 0);
+      this.set(W.STATUS, 0);
+      this.set(W.STATUS_PC, UPCALL_NO_PC);
+      this.set(W.IRQ_STATUS, (this.get(W.IRQ_STATUS) & ~(UPCALL_IRQ.CMD_CANCELLED | UPCALL_IRQ.CMD_DONE)) | UPCALL_IRQ.CMD_PENDING);
+      return this.get(W.IRQ_VECTOR) !== 0;
+    });
+  }
+
+  /**
+   * Withdraws command `seq` if the guest still sees it (main thread: timeout, teardown): clears
+   * the command and sets CMD_CANCELLED. Returns false when the guest ACKed it first.
+   */
+  cancel(seq: number): boolean {
+    return this.locked(() => {
+      if (this.get(W.COMMAND) === UPCALL_CMD.NONE || this.get(W.COMMAND_SEQ) !== seq) return false;
+      this.clearCommand();
+      this.set(W.IRQ_STATUS, (this.get(W.IRQ_STATUS) & ~UPCALL_IRQ.CMD_PENDING) | UPCALL_IRQ.CMD_CANCELLED);
+      return true;
+    });
+  }
+
+  /** Clears the command registers (lock held). */
+  clearCommand(): void {
+    for (const w of [W.COMMAND, W.COMMAND_ARG, W.COMMAND_SEQ, W.DATA_LEN, W.DATA_OFFSET]) this.set(w, 0);
+  }
+
+  /** Four bytes of the current program at DATA_OFFSET + `at`; zeros past its end (lock held). */
+  readWindow(at: number): number {
+    const len = this.get(W.DATA_LEN);
+    const start = this.get(W.DATA_OFFSET) + at;
+    let value = 0;
+    for (let i = 0; i < 4; i++) {
+      const j = start + i;
+      if (j < len) value |= this.program[j]! << (8 * i);
+    }
+    return value >>> 0;
   }
 }
 
+/** Who may pin which vCPU where (the VM's `upcall.pinning` / `upcall.allowedCpus`). */
+export interface UpcallPolicy {
+  /** false: every AFFINITY request gets -EPERM. */
+  pinning: boolean;
+  /** Host CPUs a request may name; others get -EINVAL. */
+  allowedCpus: readonly number[];
+}
+
+/** Options of {@link UpcallDevice}. */
+export interface UpcallDeviceOptions {
+  /** Posts an event to the main thread. Must not block. */
+  notify: (event: UpcallEvent) => void;
+  policy: UpcallPolicy;
+  /** sched_setaffinity(tid, [cpu]); throws an error with a numeric `errno` on failure. */
+  pin: (tid: number, cpu: number) => void;
+  /** Guest-physical base of the register page (default {@link UPCALL_BASE}). */
+  base?: bigint;
+}
+
 /**
- * The upcall device. Claim {@link UPCALL_SIZE} bytes at {@link UPCALL_BASE} (or `options.base`).
- * Commands are queued: one is visible to the guest at a time, the next is posted when the guest
- * ACKs the current one.
+ * One vCPU thread's view of the device: decodes the thread's MMIO accesses against the shared
+ * {@link UpcallState}. Claim {@link UPCALL_SIZE} bytes at {@link UPCALL_BASE} (or `options.base`).
  */
 export class UpcallDevice implements MmioDevice {
   readonly name = 'upcall';
   readonly base: bigint;
-  readonly counters: UpcallCounters = { badSize: 0, badOffset: 0, readOnlyWrites: 0, badValue: 0, staleAcks: 0, irqErrors: 0 };
+  private readonly allowed: ReadonlySet<number>;
 
-  private readonly raiseIrq: (vector: number) => void;
-  private readonly vcpuCount: number | undefined;
-  private readonly maxProgram: number;
-  private affinityHandler: AffinityHandler | undefined;
-
-  private irqStatus = 0;
-  private irqVector = 0;
-  private dataOffset = 0;
-  private status = 0;
-  private statusPc = UPCALL_NO_PC;
-  private affinity = 0xffffffff;
-  private affinityStatus = 0;
-  private lastSeq = 0;
-  private current: Command | undefined;
-  private readonly queue: Command[] = [];
-
-  constructor(options: UpcallDeviceOptions) {
-    this.raiseIrq = options.raiseIrq;
+  constructor(
+    readonly state: UpcallState,
+    private readonly options: UpcallDeviceOptions,
+  ) {
     this.base = options.base ?? UPCALL_BASE;
-    this.vcpuCount = options.vcpuCount;
-    this.maxProgram = options.maxProgram ?? UPCALL_DEFAULT_MAX_PROGRAM;
-  }
-
-  /**
-   * Queues a LOAD_PROGRAM of `program` at `hook`; resolves with the guest's answer when it ACKs.
-   * The bytes are copied. Rejects with RangeError for an empty or oversized program or a hook that
-   * is not a u32, and with {@link UpcallCancelledError} after {@link cancelAll}.
-   */
-  deliver(program: Uint8Array, hook: number): Promise<LoadStatus> {
-    if (!(program instanceof Uint8Array) || program.length === 0 || program.length > this.maxProgram) {
-      return Promise.reject(new RangeError(`program must be 1..${this.maxProgram} bytes`));
-    }
-    return this.post(UPCALL_CMD.LOAD_PROGRAM, hook, program.slice());
-  }
-
-  /** Queues an UNLOAD of `hook`; resolves with the guest's answer. */
-  unload(hook: number): Promise<LoadStatus> {
-    return this.post(UPCALL_CMD.UNLOAD, hook, new Uint8Array(0));
-  }
-
-  /** Sets (or with undefined removes) the AFFINITY handler. Without one requests get -EOPNOTSUPP. */
-  onAffinity(handler: AffinityHandler | undefined): void {
-    this.affinityHandler = handler;
-  }
-
-  /** Commands posted or queued and not yet answered. */
-  get pendingCommands(): number {
-    return (this.current ? 1 : 0) + this.queue.length;
-  }
-
-  /**
-   * Withdraws every command (VM teardown, host timeout): rejects their promises, clears the
-   * command registers and, if the guest could have seen one, sets CMD_CANCELLED and interrupts.
-   */
-  cancelAll(reason = 'cancelled by the host'): void {
-    const cmds = this.current ? [this.current, ...this.queue] : [...this.queue];
-    const wasVisible = this.current !== undefined;
-    this.queue.length = 0;
-    this.current = undefined;
-    this.dataOffset = 0;
-    if (wasVisible) {
-      this.irqStatus = (this.irqStatus & ~UPCALL_IRQ.CMD_PENDING) | UPCALL_IRQ.CMD_CANCELLED;
-      this.interrupt();
-    }
-    for (const c of cmds) c.reject(new UpcallCancelledError(reason));
+    this.allowed = new Set(options.policy.allowedCpus);
   }
 
   mmioRead(addr: bigint, data: Uint8Array, _host?: DeviceHost): void {
+    this.state.count('reads');
     const offset = this.checkAccess(addr, data);
-    if (offset < 0) {
-      data.fill(0xff);
-      return;
-    }
-    const value = this.readRegister(offset);
+    const value = offset < 0 ? undefined : this.state.locked(() => this.readRegister(offset));
     if (value === undefined) {
-      this.counters.badOffset++;
+      if (offset >= 0) this.state.count('badOffset');
       data.fill(0xff);
       return;
     }
-    writeU32(data, value);
+    data[0] = value & 0xff;
+    data[1] = (value >>> 8) & 0xff;
+    data[2] = (value >>> 16) & 0xff;
+    data[3] = (value >>> 24) & 0xff;
   }
 
   mmioWrite(addr: bigint, data: Uint8Array, host?: DeviceHost): void {
+    this.state.count('writes');
     const offset = this.checkAccess(addr, data);
     if (offset < 0) return;
     const value = (data[0]! | (data[1]! << 8) | (data[2]! << 16) | (data[3]! << 24)) >>> 0;
-    this.writeRegister(offset, value, host);
+    // AFFINITY makes a system call: outside the lock, so other vCPUs' accesses never wait for it.
+    if (offset === UPCALL_REG.AFFINITY) return this.requestAffinity(value, host);
+    const event = this.state.locked(() => this.writeRegister(offset, value));
+    if (event) this.options.notify(event);
   }
 
   /** The offset of a valid access (aligned 4 bytes inside the page), or -1 after counting why not. */
   private checkAccess(addr: bigint, data: Uint8Array): number {
     const rel = addr - this.base;
     if (rel < 0n || rel >= UPCALL_SIZE) {
-      this.counters.badOffset++;
+      this.state.count('badOffset');
       return -1;
     }
     const offset = Number(rel);
     if (data.length !== 4 || (offset & 3) !== 0) {
-      this.counters.badSize++;
+      this.state.count('badSize');
       return -1;
     }
     return offset;
   }
 
   private readRegister(offset: number): number | undefined {
-    if (offset >= UPCALL_WINDOW_OFFSET) return this.readWindow(offset - UPCALL_WINDOW_OFFSET);
-    const cmd = this.current;
+    const s = this.state;
+    if (offset >= UPCALL_WINDOW_OFFSET) return s.readWindow(offset - UPCALL_WINDOW_OFFSET);
     switch (offset) {
       case UPCALL_REG.MAGIC: return UPCALL_MAGIC;
       case UPCALL_REG.VERSION: return UPCALL_VERSION;
-      case UPCALL_REG.IRQ_STATUS: return this.irqStatus;
-      case UPCALL_REG.IRQ_VECTOR: return this.irqVector;
-      case UPCALL_REG.COMMAND: return cmd ? cmd.code : UPCALL_CMD.NONE;
-      case UPCALL_REG.COMMAND_ARG: return cmd ? cmd.arg : 0;
-      case UPCALL_REG.COMMAND_SEQ: return cmd ? cmd.seq : 0;
-      case UPCALL_REG.DATA_LEN: return cmd ? cmd.data.length : 0;
-      case UPCALL_REG.DATA_OFFSET: return this.dataOffset;
-      case UPCALL_REG.STATUS: return this.status >>> 0;
-      case UPCALL_REG.STATUS_PC: return this.statusPc;
+      case UPCALL_REG.IRQ_STATUS: return s.get(W.IRQ_STATUS);
+      case UPCALL_REG.IRQ_VECTOR: return s.get(W.IRQ_VECTOR);
+      case UPCALL_REG.COMMAND: return s.get(W.COMMAND);
+      case UPCALL_REG.COMMAND_ARG: return s.get(W.COMMAND_ARG);
+      case UPCALL_REG.COMMAND_SEQ: return s.get(W.COMMAND_SEQ);
+      case UPCALL_REG.DATA_LEN: return s.get(W.DATA_LEN);
+      case UPCALL_REG.DATA_OFFSET: return s.get(W.DATA_OFFSET);
+      case UPCALL_REG.STATUS: return s.get(W.STATUS);
+      case UPCALL_REG.STATUS_PC: return s.get(W.STATUS_PC);
       case UPCALL_REG.ACK: return 0;
-      case UPCALL_REG.AFFINITY: return this.affinity;
-      case UPCALL_REG.AFFINITY_STATUS: return this.affinityStatus >>> 0;
+      case UPCALL_REG.AFFINITY: return s.get(W.AFFINITY);
+      case UPCALL_REG.AFFINITY_STATUS: return s.get(W.AFFINITY_STATUS);
       case UPCALL_REG.WINDOW_SIZE: return UPCALL_WINDOW_SIZE;
+      case UPCALL_REG.MAP_DIR_LO: return s.get(W.MAP_DIR_LO);
+      case UPCALL_REG.MAP_DIR_HI: return s.get(W.MAP_DIR_HI);
+      case UPCALL_REG.HOST_CPUS: return this.options.policy.pinning ? this.allowed.size : 0;
       default: return undefined;
     }
   }
 
-  /** Four bytes of the pending program at DATA_OFFSET + `at`; zeros past its end. */
-  private readWindow(at: number): number {
-    const bytes = this.current?.data;
-    if (!bytes) return 0;
-    const start = this.dataOffset + at;
-    let value = 0;
-    for (let i = 0; i < 4; i++) {
-      const j = start + i;
-      if (j < bytes.length) value |= bytes[j]! << (8 * i);
-    }
-    return value >>> 0;
-  }
-
-  private writeRegister(offset: number, value: number, host: DeviceHost | undefined): void {
+  /** Applies a write (lock held); returns what the main thread must hear about, if anything. */
+  private writeRegister(offset: number, value: number): UpcallEvent | undefined {
+    const s = this.state;
     if (offset >= UPCALL_WINDOW_OFFSET) {
-      this.counters.readOnlyWrites++;
-      return;
+      s.count('readOnlyWrites');
+      return undefined;
     }
     switch (offset) {
       case UPCALL_REG.MAGIC:
@@ -308,119 +417,88 @@ export class UpcallDevice implements MmioDevice {
       case UPCALL_REG.DATA_LEN:
       case UPCALL_REG.AFFINITY_STATUS:
       case UPCALL_REG.WINDOW_SIZE:
-        this.counters.readOnlyWrites++;
-        return;
+        s.count('readOnlyWrites');
+        return undefined;
       case UPCALL_REG.IRQ_STATUS:
-        this.irqStatus &= ~(value & IRQ_ALL);
-        return;
+        s.set(W.IRQ_STATUS, s.get(W.IRQ_STATUS) & ~(value & IRQ_ALL));
+        return undefined;
       case UPCALL_REG.IRQ_VECTOR:
         if (value !== 0 && (value < UPCALL_VECTOR_MIN || value > UPCALL_VECTOR_MAX)) {
-          this.counters.badValue++;
-          return;
+          s.count('badValue');
+          return undefined;
         }
-        this.irqVector = value;
+        s.set(W.IRQ_VECTOR, value);
         // Events that happened while no vector was set are delivered now.
-        if (this.irqStatus & IRQ_INTERRUPTING) this.interrupt();
-        return;
+        return value !== 0 && s.get(W.IRQ_STATUS) & IRQ_INTERRUPTING ? { kind: 'irq' } : undefined;
       case UPCALL_REG.DATA_OFFSET:
         if (value & 3) {
-          this.counters.badValue++;
-          return;
+          s.count('badValue');
+          return undefined;
         }
-        this.dataOffset = value;
-        return;
+        s.set(W.DATA_OFFSET, value);
+        return undefined;
       case UPCALL_REG.STATUS:
-        this.status = value | 0;
-        return;
+        s.set(W.STATUS, value);
+        return undefined;
       case UPCALL_REG.STATUS_PC:
-        this.statusPc = value;
-        return;
+        s.set(W.STATUS_PC, value);
+        return undefined;
+      case UPCALL_REG.MAP_DIR_LO:
+        s.set(W.MAP_DIR_LO, value);
+        return undefined;
+      case UPCALL_REG.MAP_DIR_HI:
+        s.set(W.MAP_DIR_HI, value);
+        return undefined;
       case UPCALL_REG.ACK:
-        this.ack(value);
-        return;
-      case UPCALL_REG.AFFINITY:
-        this.requestAffinity(value, host);
-        return;
+        return this.ack(value);
       default:
-        this.counters.badOffset++;
-        return;
+        s.count('badOffset');
+        return undefined;
     }
   }
 
-  private ack(seq: number): void {
-    const cmd = this.current;
-    if (!cmd || seq !== cmd.seq) {
-      this.counters.staleAcks++;
-      return;
+  private ack(seq: number): UpcallEvent | undefined {
+    const s = this.state;
+    if (s.get(W.COMMAND) === UPCALL_CMD.NONE || seq !== s.get(W.COMMAND_SEQ)) {
+      s.count('staleAcks');
+      return undefined;
     }
-    const result: LoadStatus = { status: this.status, pc: this.statusPc === UPCALL_NO_PC ? null : this.statusPc, seq: cmd.seq };
-    this.current = undefined;
-    this.dataOffset = 0;
-    this.irqStatus = (this.irqStatus & ~UPCALL_IRQ.CMD_PENDING) | UPCALL_IRQ.CMD_DONE;
-    cmd.resolve(result);
-    this.postNext();
+    const event: UpcallEvent = { kind: 'ack', seq, status: s.get(W.STATUS) | 0, pc: s.get(W.STATUS_PC) };
+    s.clearCommand();
+    s.set(W.IRQ_STATUS, (s.get(W.IRQ_STATUS) & ~UPCALL_IRQ.CMD_PENDING) | UPCALL_IRQ.CMD_DONE);
+    s.count('acks');
+    return event;
   }
 
+  /** AFFINITY: checks the request against the policy, pins the vCPU's thread, reports the result. */
   private requestAffinity(value: number, host: DeviceHost | undefined): void {
+    const s = this.state;
+    s.count('affinityRequests');
     let vcpu = value >>> 16;
     const hostCpu = value & 0xffff;
-    this.affinity = value;
     if (vcpu === UPCALL_AFFINITY_SELF && host) vcpu = host.cpu;
     let result: number;
-    if (vcpu === UPCALL_AFFINITY_SELF || (this.vcpuCount !== undefined && vcpu >= this.vcpuCount)) {
-      result = -UPCALL_ERRNO.EINVAL;
-    } else if (!this.affinityHandler) {
-      result = -UPCALL_ERRNO.EOPNOTSUPP;
-    } else {
-      try {
-        const r: unknown = this.affinityHandler({ vcpu, hostCpu });
-        result = typeof r === 'number' && Number.isInteger(r) && r <= 0 && r >= -4095 ? r : -UPCALL_ERRNO.EIO;
-      } catch {
-        result = -UPCALL_ERRNO.EIO;
-      }
-    }
-    this.affinityStatus = result;
-    this.irqStatus |= UPCALL_IRQ.AFFINITY_DONE;
-  }
-
-  private post(code: number, hook: number, data: Uint8Array): Promise<LoadStatus> {
-    if (!Number.isInteger(hook) || hook < 0 || hook > 0xffffffff) {
-      return Promise.reject(new RangeError(`hook must be a u32, got ${hook}`));
-    }
-    return new Promise<LoadStatus>((resolve, reject) => {
-      this.queue.push({ code, arg: hook, data, seq: 0, resolve, reject });
-      if (!this.current) this.postNext();
+    if (vcpu >= s.vcpuCount) result = -UPCALL_ERRNO.EINVAL;
+    else if (!this.options.policy.pinning) result = -UPCALL_ERRNO.EPERM;
+    else if (!this.allowed.has(hostCpu)) result = -UPCALL_ERRNO.EINVAL;
+    else if (!s.tid(vcpu)) result = -UPCALL_ERRNO.ESRCH;
+    else result = this.pin(s.tid(vcpu), hostCpu);
+    s.locked(() => {
+      s.set(W.AFFINITY, value);
+      s.set(W.AFFINITY_STATUS, result);
+      s.set(W.IRQ_STATUS, s.get(W.IRQ_STATUS) | UPCALL_IRQ.AFFINITY_DONE);
     });
+    this.options.notify({ kind: 'affinity', vcpu, hostCpu, result });
   }
 
-  /** Makes the next queued command visible to the guest and interrupts it. */
-  private postNext(): void {
-    const next = this.queue.shift();
-    if (!next) return;
-    // Sequence numbers run 1..0xffffffff: 0 never names a command.
-    this.lastSeq = this.lastSeq >= 0xffffffff ? 1 : this.lastSeq + 1;
-    next.seq = this.lastSeq;
-    this.current = next;
-    this.dataOffset = 0;
-    this.status = 0;
-    this.statusPc = UPCALL_NO_PC;
-    this.irqStatus = (this.irqStatus & ~(UPCALL_IRQ.CMD_CANCELLED | UPCALL_IRQ.CMD_DONE)) | UPCALL_IRQ.CMD_PENDING;
-    this.interrupt();
-  }
-
-  private interrupt(): void {
-    if (this.irqVector === 0) return;
+  /** 0, or the negative errno the pin function failed with (-EIO when it gave none). */
+  private pin(tid: number, cpu: number): number {
     try {
-      this.raiseIrq(this.irqVector);
-    } catch {
-      this.counters.irqErrors++;
+      this.options.pin(tid, cpu);
+      return 0;
+    } catch (e) {
+      const errno = (e as { errno?: unknown }).errno;
+      return typeof errno === 'number' && Number.isInteger(errno) && errno > 0 && errno < 4096 ? -errno : -UPCALL_ERRNO.EIO;
     }
   }
-}
-
-function writeU32(data: Uint8Array, value: number): void {
-  data[0] = value & 0xff;
-  data[1] = (value >>> 8) & 0xff;
-  data[2] = (value >>> 16) & 0xff;
-  data[3] = (value >>> 24) & 0xff;
 }

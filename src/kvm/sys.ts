@@ -31,6 +31,7 @@ const cEpollCtl = libc.func('int epoll_ctl(int epfd, int op, int fd, void *event
 const cEpollWait = libc.func('int epoll_wait(int epfd, void *events, int maxevents, int timeout)');
 const cSchedYield = libc.func('int sched_yield(void)');
 const cSchedSetaffinity = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
+const cSchedGetaffinity = libc.func('int sched_getaffinity(int pid, size_t size, _Out_ uint8_t *mask)');
 const cSyscall3 = libc.func('int syscall(long nr, long a1, uint64_t a2, long a3)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
@@ -292,6 +293,15 @@ export function schedSetaffinity(tid: number, cpus: readonly number[]): void {
   check(`sched_setaffinity ${tid}`, cSchedSetaffinity(tid, mask.length, mask));
 }
 
+/** sched_getaffinity(2) for one thread (`tid`; 0 = the calling thread): the host CPUs it may run on. */
+export function schedGetaffinity(tid = 0): number[] {
+  const mask = new Uint8Array(128);
+  check(`sched_getaffinity ${tid}`, cSchedGetaffinity(tid, mask.length, mask));
+  const cpus: number[] = [];
+  for (let c = 0; c < mask.length * 8; c++) if (mask[c >> 3]! & (1 << (c & 7))) cpus.push(c);
+  return cpus;
+}
+
 const SYS_BPF = 321;
 
 /**
@@ -302,4 +312,3 @@ const SYS_BPF = 321;
 export function bpf(cmd: number, attr: bigint, size: number, name = `bpf(${cmd})`): number {
   return check(name, cSyscall3(SYS_BPF, cmd, attr, size) as number);
 }
-

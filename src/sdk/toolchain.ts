@@ -118,7 +118,7 @@ export function buildSdk(opts: BuildOptions = {}): SdkBuild {
   // Flags are part of the inputs: a changed flag must rebuild even if no file changed.
   const stamp = join(outDir, 'flags');
   const stampText = JSON.stringify([GCC, flags]);
-  const inputs = [join(srcDir, 'crt0.S'), ...asmSources, ...cSources, ...listFiles(build.includeDir, '.h', true)];
+  const inputs = [join(srcDir, 'crt0.S'), ...asmSources, ...cSources, ...listFiles(srcDir, '.h'), ...listFiles(build.includeDir, '.h', true)];
   if (
     !opts.force &&
     readText(stamp) === stampText &&

@@ -6,6 +6,7 @@ import { parentPort, receiveMessageOnPort, workerData } from 'node:worker_thread
 import { PORT } from '../arch/x86/layout.js';
 import { DebugExit } from '../devices/debug-exit.js';
 import { Park } from '../devices/park.js';
+import { UPCALL_BASE, UPCALL_SIZE, UpcallDevice, UpcallState } from '../devices/upcall-device.js';
 import { COM1_BASE, SERIAL_PORT_COUNT, Serial16550, SerialInput } from '../devices/serial-16550.js';
 import { DIRECTORY_MAX, DOORBELL_PORT_BASE } from '../channel/channel-area.js';
 import { ChannelSignals } from '../channel/notifier.js';
@@ -13,7 +14,7 @@ import { HC, KT_ERR } from '../hypercall/abi.js';
 import { registerBuiltins } from '../hypercall/builtins.js';
 import { HypercallTable, type HypercallCall, type HypercallModule } from '../hypercall/registry.js';
 import { MP_STATE } from '../kvm/ioctls.js';
-import { gettid } from '../kvm/sys.js';
+import { gettid, schedSetaffinity } from '../kvm/sys.js';
 import { VcpuFd } from '../kvm/vcpu-fd.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { gpaToHva, Pagemap } from '../translate/host-pages.js';
@@ -43,6 +44,18 @@ const bus = new Bus();
 bus.addPio(COM1_BASE, SERIAL_PORT_COUNT, serial);
 bus.addPio(PORT.debugExit, 1, new DebugExit());
 bus.addPio(PORT.park, 1, new Park());
+
+// The upcall device: every vCPU thread decodes its own accesses against the one shared state,
+// and pins vCPU threads itself (AFFINITY answers within the guest's write), by their published tids.
+if (data.upcall) {
+  const state = UpcallState.attach(data.upcall.state);
+  state.publishTid(data.cpu, gettid());
+  bus.addMmio(UPCALL_BASE, UPCALL_SIZE, new UpcallDevice(state, {
+    notify: (event) => post({ type: 'upcall', event }),
+    policy: data.upcall.policy,
+    pin: (tid, cpu) => schedSetaffinity(tid, [cpu]),
+  }));
+}
 
 const hypercalls = new HypercallTable(data.cpu, (line) => post({ type: 'log', line }));
 registerBuiltins(hypercalls, {

@@ -10,6 +10,9 @@ import { IMAGE_BASE, MAX_VCPUS, SYSTEM_END } from '../arch/x86/layout.js';
 import { buildLongModeSystem, longModeRegs, longModeSregs } from '../arch/x86/long-mode.js';
 import { realModeState, zeroRegs } from '../arch/x86/real-mode.js';
 import { SerialInput } from '../devices/serial-input.js';
+import { UPCALL_BASE, UPCALL_VERSION, UpcallState, type UpcallPolicy } from '../devices/upcall-device.js';
+import { UpcallServer } from '../upcall/endpoint-server.js';
+import { UpcallHost } from '../upcall/upcall-host.js';
 import { HypercallCall, type HypercallHandler } from '../hypercall/registry.js';
 import { HC, isKvmReserved, KT_ERR } from '../hypercall/abi.js';
 import {
@@ -20,6 +23,7 @@ import { Channel, channelBytes, formatChannel } from '../channel/channel.js';
 import { isValidCapacity } from '../channel/channel-layout.js';
 import { ChannelSignals, Notifier, Poller, type PollerOptions } from '../channel/notifier.js';
 import { startControlServer, type ControlServer } from '../control/control-server.js';
+import { vmPaths } from '../control/runtime-dir.js';
 import { CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM, MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls.js';
 import { encodeCpuid, Kvm, type CpuidEntry } from '../kvm/kvm.js';
 import { encode, kvm_clear_dirty_log, kvm_dirty_log, kvm_regs, kvm_sregs } from '../kvm/structs.js';
@@ -85,6 +89,26 @@ export interface VmOptions {
    * called; `{ dir }` as `true`, in another runtime directory.
    */
   control?: boolean | { dir?: string };
+  /**
+   * The upcall device (docs/upcall-device.md): `true` or {@link UpcallOptions}. Needs
+   * `interrupts: true` and at most 0xFE000000 bytes of RAM. The VM then has {@link Vm.upcall},
+   * and unless `control: false` serves the host endpoint `<name>.upcall.sock` from {@link Vm.run}.
+   */
+  upcall?: boolean | UpcallOptions;
+}
+
+/** Options of the upcall device. */
+export interface UpcallOptions {
+  /** Whether the guest may pin vCPU threads with AFFINITY (default true; false: -EPERM). */
+  pinning?: boolean;
+  /** Host CPUs the guest may ask for (default: the VMM process's own affinity set). */
+  allowedCpus?: number[];
+  /** Time the guest has to ACK a command before it is cancelled (default 10 s). */
+  commandTimeoutMs?: number;
+  /** IRQ_VECTOR at reset (default 0: the guest writes its own). */
+  vector?: number;
+  /** Also serve the endpoint on loopback TCP (port 0: any), with a token file. */
+  tcp?: { port: number; host?: string };
 }
 
 /** Vector of a channel's host→guest interrupt unless chosen otherwise (VMs with `interrupts: true`). */
@@ -198,6 +222,10 @@ export class Vm extends EventEmitter {
   readonly ioeventfdDoorbells: boolean;
   /** Wall-clock ms (timeOrigin-based) when {@link Vm.create} began. */
   readonly createdAt: number;
+  /** The upcall device's host side (`upcall` option), else undefined. */
+  readonly upcall: UpcallHost | undefined;
+  private readonly upcallConfig?: { policy: UpcallPolicy; tcp?: { port: number; host?: string } };
+  private upcallServer?: UpcallServer;
 
   private constructor(
     private readonly kvm: Kvm,
@@ -209,8 +237,14 @@ export class Vm extends EventEmitter {
     log: (line: string) => void,
     createdAt: number,
     private readonly irq: Interrupts | undefined,
+    upcall: UpcallOptions | undefined,
   ) {
     super();
+    if (upcall) {
+      const state = UpcallState.create(vcpus.length, { vector: upcall.vector ?? 0 });
+      this.upcall = new UpcallHost(state, { raiseIrq: (v) => this.signalMsi(v, 0), commandTimeoutMs: upcall.commandTimeoutMs });
+      this.upcallConfig = { policy: { pinning: upcall.pinning ?? true, allowedCpus: upcall.allowedCpus ?? sys.schedGetaffinity(0) }, tcp: upcall.tcp };
+    }
     this.interrupts = irq !== undefined;
     this.memory = memory;
     this.vcpuCount = vcpus.length;
@@ -274,6 +308,8 @@ export class Vm extends EventEmitter {
     try {
       if (!kvm.checkExtension(CAP.SYNC_REGS)) throw new Error('this KVM lacks KVM_CAP_SYNC_REGS, which kvmtalk needs');
       if (vcpuCount > kvm.maxVcpus()) throw new RangeError(`this KVM allows at most ${kvm.maxVcpus()} vCPUs`);
+      const upcall = opts.upcall === true ? {} : opts.upcall || undefined;
+      if (upcall) checkUpcallOptions(upcall, size, opts.interrupts === true);
       const vmFd = kvm.createVm();
       cleanup.push(() => vmFd.close());
       if (kvm.checkExtension(CAP.SET_TSS_ADDR)) vmFd.setTssAddr(0xfffbd000);
@@ -302,7 +338,7 @@ export class Vm extends EventEmitter {
       return new Vm(kvm, vmFd, memory, vcpus, cpuids, {
         console: opts.console ?? 'stdout', timing: opts.timing ?? false, stackSize: opts.stackSize ?? 256 * 1024,
         benchIterations: opts.benchIterations ?? 0, channelPolling: opts.channelPolling, name: opts.name, control: opts.control,
-      }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt, opts.interrupts ? new Interrupts(vmFd, apicIds) : undefined);
+      }, opts.log ?? ((line) => process.stderr.write(`[kvmtalk] ${line}\n`)), createdAt, opts.interrupts ? new Interrupts(vmFd, apicIds) : undefined, upcall);
     } catch (e) {
       for (const f of cleanup.reverse()) f();
       throw e;
@@ -714,6 +750,7 @@ export class Vm extends EventEmitter {
     if (!this.loaded) return Promise.reject(new Error('load() an image before run()'));
     this.running ??= new Promise<VmResult>((resolve) => {
       installKickHandler();
+      this.startUpcallEndpoint();
       let remaining = this.slots.length;
       this.slots.forEach((slot, cpu) => {
         const data: VcpuWorkerData = {
@@ -722,6 +759,7 @@ export class Vm extends EventEmitter {
           timing: this.options.timing,
           longMode: this.loaded!.longMode, modules: [...this.modules], remoteHypercalls: [...this.mainHandlers.keys()],
           interrupts: this.interrupts, channelSignals: this.channelSignals.buffer,
+          upcall: this.upcall && { state: this.upcall.state.buffer, policy: this.upcallConfig!.policy },
         };
         const worker = new Worker(new URL('./vcpu-worker.js', import.meta.url), { workerData: data });
         slot.worker = worker;
@@ -764,6 +802,7 @@ export class Vm extends EventEmitter {
     if (this.closed) return;
     if (this.running && !this.runStats) throw new Error('close() while the VM is running: stop() and await run() first');
     this.closed = true;
+    this.upcallServer?.close();
     this.controlServer?.close();
     // Channels first: they must be closed before their guest memory is unmapped.
     for (const ch of this.channelList) ch.dispose();
@@ -804,6 +843,9 @@ export class Vm extends EventEmitter {
         break;
       case 'chan-notify':
         this.onChannelNotify(msg.id);
+        break;
+      case 'upcall':
+        this.upcall?.handleEvent(msg.event);
         break;
       case 'query-result': {
         const q = this.pendingQueries.get(msg.id);
@@ -939,6 +981,31 @@ export class Vm extends EventEmitter {
     }
     this.runStats = { exits, inKvm, inVmm, kvm: this.readKvmStats() };
     for (const ch of this.channelList) ch.guestStopped();
+    this.upcall?.cancelAll('the VM stopped', true);
+  }
+
+  /**
+   * Serves the upcall endpoint next to the control socket (which claims the VM's name), unless
+   * `control: false`. Like the control socket, a broken runtime directory is logged, not fatal.
+   */
+  private startUpcallEndpoint(): void {
+    if (!this.upcall || this.options.control === false || this.upcallServer) return;
+    try {
+      const control = this.serveControl();
+      const paths = vmPaths(control.dir, control.name);
+      const upcall = this.upcall;
+      this.upcallServer = new UpcallServer({
+        deliver: (image, hook) => upcall.deliver(image, hook),
+        unload: (hook) => upcall.unload(hook),
+        onAffinity: (l) => upcall.onAffinity(l),
+        hello: { deviceVersion: UPCALL_VERSION, vcpus: this.vcpuCount, maxProgram: upcall.maxProgram },
+      }, { socketPath: paths.upcallSocket, tokenPath: paths.upcallToken, tcp: this.upcallConfig!.tcp, log: this.log });
+      const server = this.upcallServer;
+      upcall.endpoint = server.info;
+      server.ready.then(() => (upcall.endpoint = server.info), (e: Error) => this.log(`upcall endpoint not served: ${e.message}`));
+    } catch (e) {
+      this.log(`upcall endpoint not served: ${(e as Error).message}`);
+    }
   }
 
   private readKvmStats(): RunStats['kvm'] {
@@ -950,4 +1017,12 @@ export class Vm extends EventEmitter {
       return undefined; // KVM_GET_STATS_FD needs Linux 5.14+
     }
   }
+}
+
+/** Refuses upcall options the VM cannot honour, before anything is allocated. */
+function checkUpcallOptions(o: UpcallOptions, ramBytes: number, interrupts: boolean): void {
+  if (!interrupts) throw new Error('upcall needs interrupts: true (the device interrupts the guest with an MSI)');
+  if (ramBytes > Number(UPCALL_BASE)) throw new RangeError(`upcall needs guest RAM of at most 0x${UPCALL_BASE.toString(16)} bytes (the device page sits there), got ${ramBytes}`);
+  for (const c of o.allowedCpus ?? []) if (!Number.isInteger(c) || c < 0 || c > 1023) throw new RangeError(`bad host CPU ${c} in upcall.allowedCpus`);
+  if (o.commandTimeoutMs !== undefined && !(o.commandTimeoutMs > 0)) throw new RangeError(`upcall.commandTimeoutMs must be > 0, got ${o.commandTimeoutMs}`);
 }

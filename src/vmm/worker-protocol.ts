@@ -6,6 +6,7 @@
  * SharedArrayBuffer and kicks the vCPU out of KVM_RUN (immediate_exit + signal); the worker then
  * drains its MessagePort synchronously.
  */
+import type { UpcallEvent, UpcallPolicy } from '../devices/upcall-device.js';
 import type { MemoryRegion } from '../memory/guest-memory.js';
 import type { ExitStatsSnapshot } from './exit-stats.js';
 import type { VcpuOutcome } from './outcome.js';
@@ -51,6 +52,8 @@ export interface VcpuWorkerData {
   interrupts: boolean;
   /** The VM's channel notification words (`ChannelSignals`): KT_HC_CHAN_NOTIFY and doorbell ports raise them. */
   channelSignals: SharedArrayBuffer;
+  /** The upcall device's shared state (`UpcallState`) and pinning policy, when the VM has one. */
+  upcall?: { state: SharedArrayBuffer; policy: UpcallPolicy };
 }
 
 /** Worker → main. */
@@ -64,6 +67,8 @@ export type FromWorker =
   | { type: 'log'; line: string }
   /** The guest notified channel `id` (KT_HC_CHAN_NOTIFY or a doorbell-port exit); posted only when none was pending. */
   | { type: 'chan-notify'; id: number }
+  /** The upcall device needs the main thread: an ACK, an interrupt to raise, an AFFINITY result. */
+  | { type: 'upcall'; event: UpcallEvent }
   | { type: 'done'; cpu: number; outcome: VcpuOutcome; stats: ExitStatsSnapshot };
 
 /** Main → worker (read when CTL.MAILBOX changes). */

@@ -1,5 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+/**
+ * The upcall device's register model (docs/upcall-device.md): the shared-state device of each
+ * vCPU thread (here several on one thread, sharing one UpcallState) driven by the main thread's
+ * UpcallHost, with the worker→main events delivered synchronously.
+ */
 import type { DeviceHost } from '../../src/devices/device.js';
 import {
   UPCALL_BASE,
@@ -11,10 +16,11 @@ import {
   UPCALL_VERSION,
   UPCALL_WINDOW_OFFSET,
   UPCALL_WINDOW_SIZE,
-  UpcallCancelledError,
   UpcallDevice,
-  type LoadStatus,
+  UpcallState,
+  type UpcallPolicy,
 } from '../../src/devices/upcall-device.js';
+import { UpcallCancelledError, UpcallHost, UpcallTimeoutError, type AffinityEvent, type LoadStatus } from '../../src/upcall/upcall-host.js';
 
 class FakeHost implements DeviceHost {
   constructor(readonly cpu = 0) {}
@@ -27,9 +33,31 @@ class FakeHost implements DeviceHost {
   emit(): void {}
 }
 
-function setup(vcpuCount?: number) {
+interface SetupOptions {
+  vcpus?: number;
+  policy?: UpcallPolicy;
+  pin?: (tid: number, cpu: number) => void;
+  raiseIrq?: (v: number) => void;
+  timeoutMs?: number;
+}
+
+function setup(o: SetupOptions = {}) {
   const irqs: number[] = [];
-  const dev = new UpcallDevice({ raiseIrq: (v) => irqs.push(v), ...(vcpuCount === undefined ? {} : { vcpuCount }) });
+  const state = UpcallState.create(o.vcpus ?? 4);
+  const upcall = new UpcallHost(state, { raiseIrq: o.raiseIrq ?? ((v) => irqs.push(v)), commandTimeoutMs: o.timeoutMs });
+  const pins: [number, number][] = [];
+  const makeDevice = () => new UpcallDevice(state, {
+    notify: (e) => upcall.handleEvent(e),
+    policy: o.policy ?? { pinning: true, allowedCpus: [0, 1, 2, 3] },
+    pin: o.pin ?? ((tid, cpu) => void pins.push([tid, cpu])),
+  });
+  // Two vCPU threads' devices on one state: every access goes to a random one of them.
+  const devices = [makeDevice(), makeDevice()];
+  let turn = 0;
+  const dev = {
+    mmioRead: (addr: bigint, data: Uint8Array, h: DeviceHost) => devices[turn++ & 1]!.mmioRead(addr, data, h),
+    mmioWrite: (addr: bigint, data: Uint8Array, h: DeviceHost) => devices[turn++ & 1]!.mmioWrite(addr, data, h),
+  };
   const host = new FakeHost(1);
   const read = (off: number): number => {
     const data = new Uint8Array(4);
@@ -40,7 +68,7 @@ function setup(vcpuCount?: number) {
     const data = new Uint8Array([value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff]);
     dev.mmioWrite(UPCALL_BASE + BigInt(off), data, host);
   };
-  return { dev, irqs, host, read, write };
+  return { dev, upcall, state, irqs, host, read, write, pins };
 }
 
 /** What a guest driver does: read DATA_LEN bytes through the window, paging with DATA_OFFSET. */
@@ -80,25 +108,27 @@ test('identification registers and reset state', () => {
   assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.NONE);
   assert.equal(read(UPCALL_REG.DATA_LEN), 0);
   assert.equal(read(UPCALL_REG.AFFINITY), 0xffffffff);
+  assert.equal(read(UPCALL_REG.STATUS_PC), 0xffffffff);
+  assert.equal(read(UPCALL_REG.MAP_DIR_LO), 0);
   assert.equal(read(UPCALL_WINDOW_OFFSET), 0);
 });
 
 test('IRQ_VECTOR accepts 0 and 0x20–0xef only', () => {
-  const { dev, read, write } = setup();
+  const { upcall, read, write } = setup();
   write(UPCALL_REG.IRQ_VECTOR, 0x41);
   assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0x41);
   for (const bad of [0x1f, 0xf0, 0xff, 0x100, 0xffffffff]) write(UPCALL_REG.IRQ_VECTOR, bad);
   assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0x41);
-  assert.equal(dev.counters.badValue, 5);
+  assert.equal(upcall.counters.badValue, 5);
   write(UPCALL_REG.IRQ_VECTOR, 0);
   assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0);
 });
 
 test('deliver: interrupt, paged DATA window, STATUS + ACK resolve the promise', async () => {
-  const { dev, irqs, read, write } = setup();
+  const { upcall, irqs, read, write } = setup();
   write(UPCALL_REG.IRQ_VECTOR, 0x50);
   const program = randomProgram(5000, 7); // > two windows, not a multiple of 4
-  const done = dev.deliver(program, 3);
+  const done = upcall.deliver(program, 3);
   assert.deepEqual(irqs, [0x50]);
   assert.equal(read(UPCALL_REG.IRQ_STATUS) & UPCALL_IRQ.CMD_PENDING, UPCALL_IRQ.CMD_PENDING);
   assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.LOAD_PROGRAM);
@@ -121,22 +151,22 @@ test('deliver: interrupt, paged DATA window, STATUS + ACK resolve the promise', 
   write(UPCALL_REG.STATUS, -UPCALL_ERRNO.EINVAL >>> 0);
   write(UPCALL_REG.STATUS_PC, 17);
   write(UPCALL_REG.ACK, seq + 1); // stale: ignored
-  assert.equal(dev.counters.staleAcks, 1);
-  assert.equal(dev.pendingCommands, 1);
+  assert.equal(upcall.counters.staleAcks, 1);
+  assert.equal(upcall.pendingCommands, 1);
   write(UPCALL_REG.ACK, seq);
   assert.deepEqual(await done, { status: -22, pc: 17, seq: 1 } satisfies LoadStatus);
   assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.NONE);
   assert.equal(read(UPCALL_REG.DATA_LEN), 0);
   assert.equal(read(UPCALL_REG.IRQ_STATUS), UPCALL_IRQ.CMD_DONE);
   write(UPCALL_REG.ACK, seq); // a second ACK is stale
-  assert.equal(dev.counters.staleAcks, 2);
+  assert.equal(upcall.counters.staleAcks, 2);
 });
 
 test('commands queue; each ACK posts the next; STATUS defaults to success', async () => {
-  const { dev, irqs, read, write } = setup();
-  const a = dev.deliver(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), 1);
-  const b = dev.unload(1);
-  assert.equal(dev.pendingCommands, 2);
+  const { upcall, irqs, read, write } = setup();
+  const a = upcall.deliver(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8]), 1);
+  const b = upcall.unload(1);
+  assert.equal(upcall.pendingCommands, 2);
   assert.deepEqual(irqs, [], 'no vector yet: no interrupt');
   write(UPCALL_REG.IRQ_VECTOR, 0x30); // pending event delivered once a vector is set
   assert.deepEqual(irqs, [0x30]);
@@ -151,14 +181,14 @@ test('commands queue; each ACK posts the next; STATUS defaults to success', asyn
 });
 
 test('deliver rejects bad host arguments; cancelAll rejects and tells the guest', async () => {
-  const { dev, irqs, read, write } = setup();
-  await assert.rejects(dev.deliver(new Uint8Array(0), 0), RangeError);
-  await assert.rejects(dev.deliver(new Uint8Array(4), -1), RangeError);
-  await assert.rejects(dev.deliver(new Uint8Array((1 << 20) + 1), 0), RangeError);
+  const { upcall, irqs, read, write } = setup();
+  await assert.rejects(upcall.deliver(new Uint8Array(0), 0), RangeError);
+  await assert.rejects(upcall.deliver(new Uint8Array(4), -1), RangeError);
+  await assert.rejects(upcall.deliver(new Uint8Array((1 << 16) + 1), 0), RangeError);
   write(UPCALL_REG.IRQ_VECTOR, 0x22);
-  const p1 = dev.deliver(new Uint8Array(8), 0);
-  const p2 = dev.deliver(new Uint8Array(8), 0);
-  dev.cancelAll('vm stopping');
+  const p1 = upcall.deliver(new Uint8Array(8), 0);
+  const p2 = upcall.deliver(new Uint8Array(8), 0);
+  upcall.cancelAll('vm stopping');
   await assert.rejects(p1, UpcallCancelledError);
   await assert.rejects(p2, UpcallCancelledError);
   assert.equal(read(UPCALL_REG.IRQ_STATUS), UPCALL_IRQ.CMD_CANCELLED);
@@ -168,38 +198,86 @@ test('deliver rejects bad host arguments; cancelAll rejects and tells the guest'
   assert.equal(read(UPCALL_REG.IRQ_STATUS), 0);
 });
 
-test('AFFINITY: handler result in AFFINITY_STATUS; self, range, missing and throwing handlers', () => {
-  const { dev, read, write } = setup(4);
-  write(UPCALL_REG.AFFINITY, (2 << 16) | 5);
-  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EOPNOTSUPP);
-  const seen: unknown[] = [];
-  dev.onAffinity((req) => {
-    seen.push(req);
-    return req.hostCpu >= 8 ? -UPCALL_ERRNO.EINVAL : 0;
+test('AFFINITY: policy, self, range; pins the named vCPU\'s thread; result in AFFINITY_STATUS and an event', () => {
+  const fail = Object.assign(new Error('EINVAL'), { errno: 22 });
+  const { read, write, pins, upcall, state } = setup({
+    vcpus: 4,
+    policy: { pinning: true, allowedCpus: [1, 5] },
+    pin: (tid, cpu) => {
+      if (tid === 999) throw fail;
+      pins.push([tid, cpu]);
+    },
   });
+  assert.equal(read(UPCALL_REG.HOST_CPUS), 2); // the allowed set's size
+  const events: AffinityEvent[] = [];
+  upcall.onAffinity((e) => events.push(e));
+  write(UPCALL_REG.AFFINITY, (2 << 16) | 5); // vCPU 2 has no thread yet
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -3);
+  state.publishTid(1, 4242);
+  state.publishTid(2, 4343);
+  state.publishTid(3, 999);
   write(UPCALL_REG.AFFINITY, (2 << 16) | 5);
   assert.equal(read(UPCALL_REG.AFFINITY_STATUS), 0);
   assert.equal(read(UPCALL_REG.AFFINITY), (2 << 16) | 5);
   assert.equal(read(UPCALL_REG.IRQ_STATUS) & UPCALL_IRQ.AFFINITY_DONE, UPCALL_IRQ.AFFINITY_DONE);
-  write(UPCALL_REG.AFFINITY, (0 << 16) | 9);
-  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EINVAL);
   write(UPCALL_REG.AFFINITY, (0xffff << 16) | 1); // the writing vCPU (FakeHost.cpu = 1)
   assert.equal(read(UPCALL_REG.AFFINITY_STATUS), 0);
-  write(UPCALL_REG.AFFINITY, (4 << 16) | 1); // no vCPU 4: the handler is not asked
+  write(UPCALL_REG.AFFINITY, (2 << 16) | 2); // CPU 2 is not allowed
   assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EINVAL);
-  assert.deepEqual(seen, [{ vcpu: 2, hostCpu: 5 }, { vcpu: 0, hostCpu: 9 }, { vcpu: 1, hostCpu: 1 }]);
-  dev.onAffinity(() => {
-    throw new Error('boom');
-  });
-  write(UPCALL_REG.AFFINITY, 1);
-  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EIO);
-  dev.onAffinity(() => 7); // not 0 or a negative errno
-  write(UPCALL_REG.AFFINITY, 1);
-  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EIO);
+  write(UPCALL_REG.AFFINITY, (4 << 16) | 1); // no vCPU 4
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EINVAL);
+  write(UPCALL_REG.AFFINITY, (3 << 16) | 1); // sched_setaffinity fails: its errno
+  assert.equal(read(UPCALL_REG.AFFINITY_STATUS) | 0, -22);
+  assert.deepEqual(pins, [[4343, 5], [4242, 1]]);
+  assert.deepEqual(events.map((e) => e.result), [-3, 0, 0, -22, -22, -22]);
+  assert.deepEqual(events[2], { vcpu: 1, hostCpu: 1, result: 0 });
+  assert.equal(upcall.counters.affinityRequests, 6);
+});
+
+test('AFFINITY with pinning off is -EPERM and pins nothing; a throwing pin without errno is -EIO', () => {
+  const off = setup({ policy: { pinning: false, allowedCpus: [0, 1] } });
+  off.state.publishTid(0, 1);
+  assert.equal(off.read(UPCALL_REG.HOST_CPUS), 0);
+  off.write(UPCALL_REG.AFFINITY, 1);
+  assert.equal(off.read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EPERM);
+  assert.deepEqual(off.pins, []);
+  const broken = setup({ pin: () => { throw new Error('no errno'); } });
+  broken.state.publishTid(0, 1);
+  broken.write(UPCALL_REG.AFFINITY, 1);
+  assert.equal(broken.read(UPCALL_REG.AFFINITY_STATUS) | 0, -UPCALL_ERRNO.EIO);
+});
+
+test('MAP_DIR_LO/HI hold the map directory GPA the guest publishes', () => {
+  const { read, write, upcall } = setup();
+  assert.equal(upcall.mapDirectory(), 0n);
+  write(UPCALL_REG.MAP_DIR_LO, 0x12345000);
+  write(UPCALL_REG.MAP_DIR_HI, 0x1);
+  assert.equal(read(UPCALL_REG.MAP_DIR_LO), 0x12345000);
+  assert.equal(read(UPCALL_REG.MAP_DIR_HI), 1);
+  assert.equal(upcall.mapDirectory(), 0x1_12345000n);
+});
+
+test('a command the guest does not ACK times out, is cancelled, and the next one is posted', async () => {
+  const { upcall, read, write, irqs } = setup({ timeoutMs: 50 });
+  write(UPCALL_REG.IRQ_VECTOR, 0x33);
+  const a = upcall.deliver(new Uint8Array([1, 2, 3, 4]), 1);
+  const b = upcall.deliver(new Uint8Array([5, 6, 7, 8]), 2);
+  await assert.rejects(a, UpcallTimeoutError);
+  // The cancellation interrupted the guest; the next command came right after.
+  assert.equal(read(UPCALL_REG.COMMAND_ARG), 2);
+  assert.equal(read(UPCALL_REG.COMMAND_SEQ), 2);
+  assert.equal(read(UPCALL_REG.IRQ_STATUS) & UPCALL_IRQ.CMD_CANCELLED, 0, 'a new command clears CMD_CANCELLED');
+  assert.deepEqual(irqs, [0x33, 0x33, 0x33]);
+  write(UPCALL_REG.ACK, 1); // the late ACK of the withdrawn command is stale
+  assert.equal(upcall.counters.staleAcks, 1);
+  write(UPCALL_REG.ACK, 2);
+  assert.deepEqual(await b, { status: 0, pc: null, seq: 2 });
+  upcall.cancelAll('done', true);
+  await assert.rejects(upcall.deliver(new Uint8Array(4), 0), UpcallCancelledError);
 });
 
 test('bad accesses: all ones on read, ignored on write, counted', () => {
-  const { dev, read, write } = setup();
+  const { dev, upcall, read, write } = setup();
   const host = new FakeHost();
   const d2 = new Uint8Array(2);
   dev.mmioRead(UPCALL_BASE, d2, host);
@@ -210,28 +288,27 @@ test('bad accesses: all ones on read, ignored on write, counted', () => {
   const d4 = new Uint8Array(4);
   dev.mmioRead(UPCALL_BASE + 2n, d4, host);
   assert.deepEqual([...d4], [0xff, 0xff, 0xff, 0xff]);
-  assert.equal(dev.counters.badSize, 3);
-  assert.equal(read(0x3c), 0xffffffff); // unassigned register
+  assert.equal(upcall.counters.badSize, 3);
+  assert.equal(read(0x48), 0xffffffff); // unassigned register
   assert.equal(read(0x7fc), 0xffffffff);
   dev.mmioRead(UPCALL_BASE + 0x1000n, d4, host); // outside the page
   dev.mmioRead(UPCALL_BASE - 4n, d4, host);
-  assert.equal(dev.counters.badOffset, 4);
+  assert.equal(upcall.counters.badOffset, 4);
   dev.mmioWrite(UPCALL_BASE + BigInt(UPCALL_REG.IRQ_VECTOR), new Uint8Array([0x40]), host); // 1-byte write
   assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0);
   write(UPCALL_REG.MAGIC, 0);
   write(UPCALL_WINDOW_OFFSET, 0);
   assert.equal(read(UPCALL_REG.MAGIC), UPCALL_MAGIC);
-  assert.equal(dev.counters.readOnlyWrites, 2);
-  assert.equal(dev.counters.badSize, 4);
+  assert.equal(upcall.counters.readOnlyWrites, 2);
+  assert.equal(upcall.counters.badSize, 4);
 });
 
 test('a throwing raiseIrq is counted, not propagated', async () => {
-  const dev = new UpcallDevice({ raiseIrq: () => { throw new Error('no irqchip'); } });
-  const data = new Uint8Array([0x30, 0, 0, 0]);
-  dev.mmioWrite(UPCALL_BASE + BigInt(UPCALL_REG.IRQ_VECTOR), data, new FakeHost());
-  const p = dev.deliver(new Uint8Array(4), 0);
-  assert.equal(dev.counters.irqErrors, 1);
-  dev.mmioWrite(UPCALL_BASE + BigInt(UPCALL_REG.ACK), new Uint8Array([1, 0, 0, 0]), new FakeHost());
+  const { upcall, write } = setup({ raiseIrq: () => { throw new Error('no irqchip'); } });
+  write(UPCALL_REG.IRQ_VECTOR, 0x30);
+  const p = upcall.deliver(new Uint8Array(4), 0);
+  assert.equal(upcall.counters.irqErrors, 1);
+  write(UPCALL_REG.ACK, 1);
   assert.equal((await p).status, 0);
 });
 
@@ -243,9 +320,10 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
     x ^= x << 5;
     return x >>> 0;
   };
-  const { dev, read } = setup(2);
-  const regOffsets = [...Object.values(UPCALL_REG), 0x3c, 0x7fc];
-  dev.onAffinity((r) => (r.hostCpu % 3 === 0 ? 0 : -UPCALL_ERRNO.EINVAL));
+  const { dev, upcall, read, state } = setup({ vcpus: 2, policy: { pinning: true, allowedCpus: [0, 3, 6] } });
+  state.publishTid(0, 100);
+  state.publishTid(1, 101);
+  const regOffsets = [...Object.values(UPCALL_REG), 0x48, 0x7fc];
   const program = randomProgram(3000, 99);
   let settled: LoadStatus | undefined;
   let deliveries = 0;
@@ -254,7 +332,7 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
   const start = (): void => {
     deliveries++;
     settled = undefined;
-    pending = dev.deliver(program, 7);
+    pending = upcall.deliver(program, 7);
     pending.then(
       (s) => {
         settled = s;
@@ -309,7 +387,7 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
       assert.equal(read(UPCALL_WINDOW_OFFSET + k), expect >>> 0);
     } else {
       // Only an aligned 4-byte ACK of the current sequence number completes a command.
-      assert.equal(dev.pendingCommands, 0);
+      assert.equal(upcall.pendingCommands, 0);
       await new Promise((res) => setImmediate(res));
       assert.ok(settled, 'the command disappeared without its promise resolving');
       assert.equal(settled.seq, seq);
@@ -322,9 +400,9 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
     assert.ok(v === 0 || (v >= 0x20 && v <= 0xef));
   }
   assert.ok(completed > 10, `only ${completed} deliveries completed`);
-  const c = dev.counters;
+  const c = upcall.counters;
   assert.ok(c.badSize > 0 && c.badOffset > 0 && c.readOnlyWrites > 0 && c.staleAcks > 0);
-  dev.cancelAll();
+  upcall.cancelAll();
   await assert.rejects(pending!, UpcallCancelledError);
   assert.equal(deliveries, completed + 1);
 });

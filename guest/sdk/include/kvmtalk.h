@@ -49,8 +49,12 @@ extern "C" {
 
 /* Error codes; hypercalls return their negation. Same values as KVM's. */
 #define KT_EPERM      1
+#define KT_ENOENT     2
 #define KT_E2BIG      7
+#define KT_ENOMEM     12
 #define KT_EFAULT     14
+#define KT_EEXIST     17
+#define KT_ENODEV     19
 #define KT_EINVAL     22
 #define KT_EOPNOTSUPP 95
 #define KT_ENOSYS     1000
@@ -233,5 +237,7 @@ int strncmp(const char *a, const char *b, size_t n);
 /* Interrupts from the host and waiting for them: kt_irq_set_handler, kt_wait, ... */
 #include <kvmtalk/irq.h>
 #include <kvmtalk/channel.h>
+/* The eBPF runtime: programs, hooks, maps (kt_bpf_*). */
+#include <kvmtalk/bpf.h>
 
 #endif /* KVMTALK_H */
