@@ -169,7 +169,7 @@ export async function runBpfBench(opts: BpfBenchOptions = {}): Promise<BpfBenchR
   const verifier = measureVerifier4096(rounds);
   const irq = skipped.kvm ? null : await measureInterruptLatency(Math.max(30, rounds * 6), log);
   const upcall = await measureUpcallLatency();
-  if (upcall === null) skipped.upcall = 'the upcall device (vm.upcall.deliver) is not in this build yet';
+  if (upcall === null) skipped.upcall = 'upcall latency is not measured yet (needs a guest that runs the hook once loaded)';
   return {
     benchmark: 'bpf',
     guest_vs_kernel_ratio: ratios.length ? round3(median(ratios)) : null,
@@ -324,10 +324,10 @@ async function measureInterruptLatency(samples: number, log: (s: string) => void
  * Upcall latency: from handing a program image to the upcall device to the program loaded in the
  * guest and run once, in µs (median).
  *
- * TO BE COMPLETED (lead) once `vm.upcall.deliver(image, hook): Promise<{ status, pc, seq }>` has
- * landed: boot a guest with the upcall driver and a hook that runs on demand, time
- * `deliver(encodeImage(...), hook)` through to the first run's KT_HC_BENCH_MARK, median over
- * rounds. Until then there is nothing to measure and it returns null.
+ * TO BE COMPLETED (lead): `vm.upcall.deliver(image, hook)` is in now; what is missing is a guest
+ * (upcall driver loop, `upcall: true, interrupts: true`) whose load handler runs the new hook
+ * program once and stamps KT_HC_BENCH_MARK. Then: t0 before `deliver(encodeImage(...), hook)`,
+ * t1 = the mark, median over rounds. Until then it returns null.
  */
 async function measureUpcallLatency(): Promise<number | null> {
   return null;
