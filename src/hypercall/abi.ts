@@ -37,8 +37,10 @@ export const HC_LOG_MAX = 4096;
 /** KVM's hypercall error codes (include/uapi/linux/kvm_para.h); handlers return their negation. */
 export const KT_ERR = {
   EPERM: 1,
+  ENOENT: 2,
   E2BIG: 7,
   EFAULT: 14,
+  EEXIST: 17,
   EINVAL: 22,
   EOPNOTSUPP: 95,
   ENOSYS: 1000,

@@ -32,6 +32,7 @@ const cEpollWait = libc.func('int epoll_wait(int epfd, void *events, int maxeven
 const cSchedYield = libc.func('int sched_yield(void)');
 const cSchedSetaffinity = libc.func('int sched_setaffinity(int pid, size_t size, const uint8_t *mask)');
 const cSchedGetaffinity = libc.func('int sched_getaffinity(int pid, size_t size, _Out_ uint8_t *mask)');
+const cSyscall3 = libc.func('int syscall(long nr, long a1, uint64_t a2, long a3)');
 
 /** A failed system call, named by its errno (e.g. `ENOENT`). */
 export class SysError extends Error {
@@ -299,4 +300,15 @@ export function schedGetaffinity(tid = 0): number[] {
   const cpus: number[] = [];
   for (let c = 0; c < mask.length * 8; c++) if (mask[c >> 3]! & (1 << (c & 7))) cpus.push(c);
   return cpus;
+}
+
+const SYS_BPF = 321;
+
+/**
+ * bpf(2): command `cmd` on the `size`-byte `union bpf_attr` at address `attr` (native memory the
+ * caller owns, since the attribute holds further pointers). Returns the non-negative result (a
+ * new fd for the create and load commands).
+ */
+export function bpf(cmd: number, attr: bigint, size: number, name = `bpf(${cmd})`): number {
+  return check(name, cSyscall3(SYS_BPF, cmd, attr, size) as number);
 }

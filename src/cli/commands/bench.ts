@@ -3,6 +3,7 @@
  * readable table (or JSON with --json) and always writes bench-results/<name>.{json,md}.
  */
 import type { Command } from 'commander';
+import { formatBpfTable, runBpfBench } from '../../bench/bpf.js';
 import { formatChannelTable, runChannelBench } from '../../bench/channel.js';
 import { formatHypercallTable, runHypercallBench } from '../../bench/hypercall.js';
 import { toJson, writeBenchResults } from '../../bench/report.js';
@@ -55,6 +56,15 @@ export const BENCHMARKS: BenchmarkEntry[] = [
     async run(opts) {
       const result = await runChannelBench({ rounds: opts.rounds, messages: opts.messages, log: opts.log });
       return { result, table: formatChannelTable(result) };
+    },
+  },
+  {
+    name: 'bpf',
+    description: 'eBPF programs per run: guest runtime JIT and interpreter, TS interpreter, Linux kernel (BPF_PROG_TEST_RUN); TS verifier on 4,096 insns; interrupt → handler latency',
+    options: { rounds: true, iterations: false },
+    async run(opts) {
+      const result = await runBpfBench({ rounds: opts.rounds, log: opts.log });
+      return { result, table: formatBpfTable(result) };
     },
   },
 ];
