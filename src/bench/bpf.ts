@@ -10,13 +10,15 @@
  *
  * Besides: the TS verifier's time on a 4,096-instruction program, the latency from
  * `vm.signalMsi` to the guest's interrupt handler (guest/tests/bench-irq.c) next to the bare
- * hypercall round trip, and (to be completed with the upcall device) the upcall latency.
+ * hypercall round trip, and the upcall latency (injection → loaded and run once, guest/tests/bench-upcall.c).
  */
+import { readFileSync } from 'node:fs';
 import { BPF_JMP, BPF_JEQ, BPF_K, BPF_X, BPF_ALU64, BPF_ADD, BPF_MUL, BPF_XOR, BPF_MOV, BPF_AND, BPF_LDX, BPF_MEM, BPF_B, BPF_EXIT, slotCount, type BpfInsn } from '../bpf/isa.js';
 import { HostProgram } from '../bpf/host-runtime.js';
-import { encodeImage } from '../bpf/image.js';
+import { encodeImage, imageFromAssembly } from '../bpf/image.js';
+import { DEFAULT_POLICY } from '../demo/upcall-affinity.js';
 import { KernelBpf, KernelBpfUnavailableError, kernelJitEnabled, type KernelProgram } from '../bpf/kernel.js';
-import { GUEST_HELPERS } from '../bpf/hooks.js';
+import { GUEST_HELPERS, findHook } from '../bpf/hooks.js';
 import { verify } from '../bpf/verifier.js';
 import { HC_USER_BASE, KT_ERR } from '../hypercall/abi.js';
 import type { HypercallCall } from '../hypercall/registry.js';
@@ -67,6 +69,17 @@ export interface InterruptLatency {
   samples: number;
 }
 
+/** Injection → program loaded and run once in the guest, in µs (medians). */
+export interface UpcallLatency {
+  /** `r0 = 0; exit`, and its image size. */
+  minimal_us: number;
+  minimal_bytes: number;
+  /** The demo's affinity policy (examples/bpf/affinity-policy.s: 31 instructions, 2 maps). */
+  policy_us: number;
+  policy_bytes: number;
+  samples: number;
+}
+
 /** What {@link runBpfBench} measured (JSON-friendly). */
 export interface BpfBenchResult {
   benchmark: 'bpf';
@@ -80,11 +93,11 @@ export interface BpfBenchResult {
   verifier_4096_processed: number;
   /** null when KVM is unavailable (see skipped.kvm). */
   interrupt_to_handler_us: InterruptLatency | null;
-  /** Upcall injection → program loaded and first run, µs; null until the upcall device is wired (see skipped.upcall). */
-  upcall_latency_us: number | null;
+  /** Upcall injection → program loaded and first run; null without KVM (see skipped.kvm). */
+  upcall_latency_us: UpcallLatency | null;
   kernel_jit_enabled: boolean | null;
   /** Why a part did not run. */
-  skipped: { kernel?: string; kvm?: string; guest?: string; upcall?: string };
+  skipped: { kernel?: string; kvm?: string; guest?: string };
   host: HostInfo;
 }
 
@@ -168,8 +181,7 @@ export async function runBpfBench(opts: BpfBenchOptions = {}): Promise<BpfBenchR
   const ratios = results.flatMap((r) => (r.guest_jit_vs_kernel === null ? [] : [r.guest_jit_vs_kernel]));
   const verifier = measureVerifier4096(rounds);
   const irq = skipped.kvm ? null : await measureInterruptLatency(Math.max(30, rounds * 6), log);
-  const upcall = await measureUpcallLatency();
-  if (upcall === null) skipped.upcall = 'upcall latency is not measured yet (needs a guest that runs the hook once loaded)';
+  const upcall = skipped.kvm ? null : await measureUpcallLatency(Math.max(10, rounds * 3), log);
   return {
     benchmark: 'bpf',
     guest_vs_kernel_ratio: ratios.length ? round3(median(ratios)) : null,
@@ -321,16 +333,52 @@ async function measureInterruptLatency(samples: number, log: (s: string) => void
 }
 
 /**
- * Upcall latency: from handing a program image to the upcall device to the program loaded in the
- * guest and run once, in µs (median).
- *
- * TO BE COMPLETED (lead): `vm.upcall.deliver(image, hook)` is in now; what is missing is a guest
- * (upcall driver loop, `upcall: true, interrupts: true`) whose load handler runs the new hook
- * program once and stamps KT_HC_BENCH_MARK. Then: t0 before `deliver(encodeImage(...), hook)`,
- * t1 = the mark, median over rounds. Until then it returns null.
+ * Upcall latency: from handing a program image to the upcall device until the guest has copied it
+ * through the data window, verified, JIT-compiled, attached and run it once
+ * (guest/tests/bench-upcall.c stamps mark 1 after that first run), median in µs, for the smallest
+ * program and for the demo's affinity policy. Dominated by the window reads: one MMIO exit per
+ * 4 bytes of image.
  */
-async function measureUpcallLatency(): Promise<number | null> {
-  return null;
+async function measureUpcallLatency(samples: number, log: (s: string) => void): Promise<UpcallLatency> {
+  const minimal = encodeImage(imageFromAssembly('r0 = 0\nexit'));
+  const policy = encodeImage(imageFromAssembly(readFileSync(DEFAULT_POLICY, 'utf8')));
+  const vm = Vm.create({ memory: GUEST_MEMORY, console: 'capture', interrupts: true, upcall: true, control: false, benchIterations: 2 * samples, log: () => {} });
+  try {
+    vm.load(loadImageFile(guestPath('tests', 'bench-upcall')));
+    let ready = false;
+    const out = captureConsole(vm);
+    vm.on('value', () => (ready = true));
+    const done = vm.run();
+    const marks = vm.benchMarks();
+    const end = Date.now() + 10_000;
+    while (!ready) {
+      if (Date.now() > end) throw new Error(`bench-upcall: the guest did not get ready: ${out().trim()}`);
+      await new Promise((resolve) => setTimeout(resolve, 1));
+    }
+    const timeOne = async (image: Uint8Array): Promise<number> => {
+      const before = marks[1];
+      const t0 = performance.timeOrigin + performance.now();
+      const status = await vm.upcall!.deliver(image, findHook('timer').id);
+      if (status.status !== 0) throw new Error(`bench-upcall: the guest refused the program (${status.status})`);
+      while (marks[1] === before) await new Promise((resolve) => setImmediate(resolve));
+      return (marks[1]! - t0) * 1000;
+    };
+    const lat = { minimal: [] as number[], policy: [] as number[] };
+    for (let i = 0; i < samples; i++) {
+      lat.minimal.push(await timeOne(minimal));
+      lat.policy.push(await timeOne(policy));
+    }
+    const result = await done;
+    if (result.kind !== 'exit' || result.status !== 0) throw new Error(`bench-upcall guest did not exit cleanly (${result.kind}): ${out().trim()}`);
+    const r = {
+      minimal_us: round1(median(lat.minimal)), minimal_bytes: minimal.length,
+      policy_us: round1(median(lat.policy)), policy_bytes: policy.length, samples,
+    };
+    log(`upcall → loaded and run: ${r.minimal_us} µs (${r.minimal_bytes}-byte image), ${r.policy_us} µs (${r.policy_bytes}-byte affinity policy)`);
+    return r;
+  } finally {
+    vm.close();
+  }
 }
 
 /** Collects a VM's console output; the returned function gives what came so far. */
@@ -476,6 +524,7 @@ export function formatBpfTable(r: BpfBenchResult): string {
     ]),
   ]);
   const irq = r.interrupt_to_handler_us;
+  const up = r.upcall_latency_us;
   const extra = formatTable([
     ['figure (median)', 'value'],
     ['guest JIT ÷ kernel, median over programs', r.guest_vs_kernel_ratio === null ? '-' : `${r.guest_vs_kernel_ratio.toFixed(3)}x`],
@@ -483,7 +532,10 @@ export function formatBpfTable(r: BpfBenchResult): string {
     ['signalMsi → guest handler, guest running (µs)', irq ? irq.running_us.toFixed(1) : '-'],
     ['signalMsi → guest handler, guest asleep in KT_HC_WAIT (µs)', irq ? irq.sleeping_us.toFixed(1) : '-'],
     ['bare hypercall round trip from that guest (µs)', irq ? irq.hypercall_round_trip_us.toFixed(2) : '-'],
-    ['upcall → program loaded and run (µs)', r.upcall_latency_us === null ? '-' : r.upcall_latency_us.toFixed(1)],
+    ...(['minimal', 'policy'] as const).map((k) => [
+      `upcall → program loaded and run, ${k === 'minimal' ? 'smallest program' : 'affinity policy'} (µs; ${up ? up[`${k}_bytes`] : '-'}-byte image)`,
+      up ? up[`${k}_us`].toFixed(1) : '-',
+    ]),
   ]);
   const skips = Object.entries(r.skipped).map(([k, v]) => `skipped ${k}: ${v}`);
   return [
