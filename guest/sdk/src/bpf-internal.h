@@ -87,6 +87,15 @@ extern uint32_t kt_bpf__verify_budget;
 int kt_bpf__verify(const struct kt_bpf_insn *insns, uint32_t n, const struct kt_bpf_map_shape *maps, uint32_t nmaps,
 		   uint32_t ctx_size, uint32_t budget, struct kt_bpf_verify_error *err);
 
+/** A call_maps entry for a call that gets different maps on different paths. */
+#define KT_BPF_CALL_MAP_MIXED 0xff
+/**
+ * After kt_bpf__verify accepted a program: per slot, for a call to a helper whose r1 is a map,
+ * 1 + the image index of the map r1 held on every path that reached it, KT_BPF_CALL_MAP_MIXED
+ * when paths disagree, 0 for any other slot or one never reached. Valid until the next verify.
+ */
+const uint8_t *kt_bpf__verify_call_maps(void);
+
 /* ---- interpreter ---- */
 /** Runs a verified, resolved program (every lddw src 0) on ctx. */
 uint64_t kt_bpf__interpret(const struct kt_bpf_insn *insns, void *ctx);
