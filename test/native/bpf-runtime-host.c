@@ -35,6 +35,13 @@
 
 /* ---- shims for what the core takes from the rest of the SDK ---- */
 
+uint32_t kt_bpf__locks_held[KT_MAX_CPUS];
+
+unsigned kt_bpf__cpu(void)
+{
+	return 0;
+}
+
 int kt_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
 {
 	return vsnprintf(buf, size, fmt, ap);

@@ -106,8 +106,25 @@ int kt_bpf__fail(struct kt_bpf_verify_error *err, int ret, uint32_t pc, const ch
 	__attribute__((format(printf, 4, 5)));
 
 /** A spinlock word taken with a locked compare-exchange (shared with the host for maps). */
+/*
+ * Runtime locks each vCPU holds or is waiting for. The timer hook runs its program from an
+ * interrupt handler, and CPL3 code cannot mask interrupts: if the interrupted code on the same
+ * vCPU holds a map's lock and the program touches that map, the handler would spin forever. So
+ * the count goes up before the lock is tried and down after it is released, and the timer skips
+ * a tick while it is non-zero (kt_bpf__cpu_in_runtime).
+ */
+extern uint32_t kt_bpf__locks_held[KT_MAX_CPUS];
+/* This vCPU's index (bpf-helpers.c in the guest; the native harness has its own). */
+unsigned kt_bpf__cpu(void);
+
+static inline int kt_bpf__cpu_in_runtime(void)
+{
+	return __atomic_load_n(&kt_bpf__locks_held[kt_bpf__cpu() % KT_MAX_CPUS], __ATOMIC_RELAXED) != 0;
+}
+
 static inline void kt_bpf__lock(uint32_t *word)
 {
+	__atomic_add_fetch(&kt_bpf__locks_held[kt_bpf__cpu() % KT_MAX_CPUS], 1, __ATOMIC_RELAXED);
 	for (;;) {
 		uint32_t expect = 0;
 		if (__atomic_compare_exchange_n(word, &expect, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
@@ -119,6 +136,7 @@ static inline void kt_bpf__lock(uint32_t *word)
 static inline void kt_bpf__unlock(uint32_t *word)
 {
 	__atomic_store_n(word, 0, __ATOMIC_RELEASE);
+	__atomic_sub_fetch(&kt_bpf__locks_held[kt_bpf__cpu() % KT_MAX_CPUS], 1, __ATOMIC_RELAXED);
 }
 
 #endif /* KVMTALK_BPF_INTERNAL_H */
