@@ -1,8 +1,8 @@
 /**
  * The upcall device (docs/upcall-device.md): a 4 KiB MMIO register bank through which the host
- * hands eBPF programs to the guest (LOAD_PROGRAM / UNLOAD commands, the program's bytes read
- * through a paged DATA window or copied into a guest buffer with COPY), the guest answers with a load status, and the guest asks the host
- * to pin a vCPU thread to a host CPU (AFFINITY).
+ * hands eBPF programs to the guest (LOAD_PROGRAM / UNLOAD commands, the program's bytes copied into
+ * a guest buffer with COPY or read through a paged DATA window), the guest answers with a load
+ * status, and the guest asks the host to pin a vCPU thread to a host CPU (AFFINITY).
  *
  * Every vCPU thread has its own {@link UpcallDevice} (devices run in the thread that takes the
  * exit), and all of them and the main thread share one {@link UpcallState}: the registers and the
@@ -81,7 +81,7 @@ const IRQ_INTERRUPTING = UPCALL_IRQ.CMD_PENDING | UPCALL_IRQ.CMD_CANCELLED;
 /** COMMAND codes. */
 export const UPCALL_CMD = {
   NONE: 0,
-  /** Load the program in the DATA window at hook COMMAND_ARG. */
+  /** Load the program (DATA window, COPY) at hook COMMAND_ARG. */
   LOAD_PROGRAM: 1,
   /** Detach whatever is loaded at hook COMMAND_ARG (DATA_LEN = 0). */
   UNLOAD: 2,
