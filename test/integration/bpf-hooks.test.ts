@@ -5,7 +5,10 @@
  * The maps the programs update are read from guest memory by the host.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Channel } from '../../src/channel/channel.js';
 import { readMapDirectory } from '../../src/bpf/guest-maps.js';
 import { findHook } from '../../src/bpf/hooks.js';
@@ -52,6 +55,9 @@ out:
   r0 = 0
   exit`;
 
+const BIN = fileURLToPath(new URL('../../../bin/kvmtalk.js', import.meta.url));
+const kvmtalk = (...args: string[]) => promisify(execFile)(process.execPath, [BIN, ...args], { timeout: 20_000 });
+
 const u64s = (v: Uint8Array) => Array.from({ length: v.length / 8 }, (_, i) => new DataView(v.buffer, v.byteOffset).getBigUint64(i * 8, true));
 
 test('timer and channel-rx hooks run injected programs; the host reads their maps', async (t) => {
@@ -86,6 +92,44 @@ test('timer and channel-rx hooks run injected programs; the host reads their map
   assert.equal(lastTick, ticks, 'the context carries the tick number');
   assert.equal(vcpu, 0n);
   assert.deepEqual(maps.rx, [3n, 313n, 42n, 3n], 'messages, bytes, first byte of the last, its seq');
+});
+
+test('kvmtalk bpf maps / map-update from another process: the host reads a running guest\'s maps and its update is what the program adds to', async (t) => {
+  if (!requireKvm(t)) return;
+  const name = `bpf-maps-${process.pid}`;
+  let listing: unknown;
+  let maps: Record<string, bigint[]> = {};
+  const r = await bootGuest('tests', 'bpf-hooks', { interrupts: true, upcall: true, name }, {}, {
+    setup: (vm) => {
+      let channel: Channel | undefined;
+      vm.on('channel', (ch: Channel) => (channel = ch));
+      vm.handleHypercall(256, () => {
+        // The guest waits for messages now: read and change its maps from a separate process first.
+        setImmediate(() => void (async () => {
+          listing = JSON.parse((await kvmtalk('bpf', 'maps', name, '--json')).stdout);
+          await kvmtalk('bpf', 'map-update', name, 'rx', 'u32:0', `${'64'.padEnd(16, '0')}${'0'.repeat(48)}`);
+          for (const m of [new Uint8Array([5, 6]), new Uint8Array([1]), new Uint8Array([2, 3])]) await channel!.send(m);
+        })());
+        return 0;
+      });
+    },
+    during: async (vm, run) => {
+      for (const [hook, text] of [[findHook('timer'), TIMER], [findHook('channel-rx'), CHANNEL_RX]] as const) {
+        assert.equal((await vm.upcall!.deliver(encodeImage(imageFromAssembly(text)), hook.id)).status, 0);
+      }
+      await run;
+      maps = Object.fromEntries(vm.bpfMaps().map((m) => [m.info.name, u64s(m.lookup(new Uint8Array(4))!)]));
+    },
+  });
+  assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
+  const list = listing as { name: string; type: number; size: number; entries: [string, string][] }[];
+  assert.deepEqual(list.map((m) => [m.name, m.type, m.size]), [['ticks', 2, 1], ['rx', 2, 1]]);
+  const ticks = Buffer.from(list[0]!.entries[0]![1], 'hex').readBigUInt64LE(0);
+  assert.ok(ticks >= 5n, `the listing shows the timer program's count (${ticks})`);
+  assert.equal(list[1]!.entries[0]![1], '0'.repeat(64), 'no message yet when listed');
+  // 100 written by the host, then 3 messages counted by the program on top of it.
+  assert.equal(maps.rx![0], 103n);
+  assert.equal(maps.rx![1], 5n, 'bytes of the 3 messages');
 });
 
 test('the seed flow: inject at the affinity hook, guest requests, map updated, AFFINITY relayed, thread pinned, map read back', async (t) => {
