@@ -5,18 +5,23 @@
  * optionally a loopback-only TCP listener that requires a random token (`<name>.upcall.token`).
  *
  * Robustness rules, because anything that can connect may send anything:
- * - framing errors (bad magic, flags, type, length; a frame the client may not send; a frame
- *   left incomplete for `frameTimeoutMs`) get ERROR and close the connection;
+ * - framing errors (bad magic, flags, type, length; a frame the client may not send; no HELLO
+ *   within `frameTimeoutMs` of connecting; a frame not complete `frameTimeoutMs` after its first
+ *   byte) get ERROR and close the connection; trickling bytes extends neither deadline;
  * - bad arguments get ERROR with the request's id; the connection stays;
- * - at most `maxPipelined` requests per connection wait for the guest; more get ERROR -EBUSY;
- * - nothing a client sends can throw out of a socket callback; replies a client does not read
- *   stop the reading of its requests.
+ * - at most `maxPipelined` requests per connection wait for the guest; more get ERROR -EBUSY
+ *   (as do requests beyond the target's own limit, the VM's pending-command queue);
+ * - a closed connection withdraws its requests the guest has not seen yet;
+ * - output a client does not read is bounded by `maxUnreadOutput`: AFFINITY_EVENTs beyond it are
+ *   dropped (counted), a reply beyond it closes the connection;
+ * - nothing a client sends can throw out of a socket callback.
  *
  * The server serves an {@link UpcallTarget}, so it can be tested without KVM.
  *
  * @module
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { isMainThread } from 'node:worker_threads';
@@ -28,8 +33,9 @@ import type { AffinityEvent, LoadStatus, UpcallEndpointInfo } from './upcall-hos
 
 /** What an endpoint serves (a VM's `vm.upcall`, or a fake in tests). */
 export interface UpcallTarget {
-  deliver(image: Uint8Array, hook: number): Promise<LoadStatus>;
-  unload(hook: number): Promise<LoadStatus>;
+  /** `signal` aborts when the requesting connection closes: a command still queued should be dropped. */
+  deliver(image: Uint8Array, hook: number, signal?: AbortSignal): Promise<LoadStatus>;
+  unload(hook: number, signal?: AbortSignal): Promise<LoadStatus>;
   onAffinity(listener: (e: AffinityEvent) => void): () => void;
   /** Device VERSION, vCPU count and largest program, for HELLO_OK. */
   readonly hello: { deviceVersion: number; vcpus: number; maxProgram: number };
@@ -47,8 +53,16 @@ export interface UpcallServerOptions {
   maxConnections?: number;
   /** Most requests of one connection waiting for the guest (default 8). */
   maxPipelined?: number;
-  /** A frame (or the first HELLO) not complete after this many ms closes the connection (default 10 s). */
+  /**
+   * No HELLO this many ms after connecting, or a frame not complete this many ms after its first
+   * byte, closes the connection (default 10 s).
+   */
   frameTimeoutMs?: number;
+  /**
+   * Most bytes of output a connection may leave unread (default 1 MiB): AFFINITY_EVENTs beyond it
+   * are dropped for that client, a reply beyond it closes the connection.
+   */
+  maxUnreadOutput?: number;
   log?: (line: string) => void;
 }
 
@@ -56,7 +70,8 @@ export interface UpcallServerOptions {
 export const ENDPOINT_ERRNO = { EPERM: 1, EAGAIN: 11, EACCES: 13, EBUSY: 16, EINVAL: 22, EPROTO: 71, ETIMEDOUT: 110, ECANCELED: 125 } as const;
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
-const MAX_UNREAD_OUTPUT = 1 << 20;
+const DEFAULT_MAX_UNREAD_OUTPUT = 1 << 20;
+const DEFAULT_MAX_PIPELINED = 8;
 
 /** A running endpoint. */
 export class UpcallServer {
@@ -69,6 +84,7 @@ export class UpcallServer {
   readonly #connections = new Set<Connection>();
   readonly #unsubscribe: () => void;
   #closed = false;
+  #droppedEvents = 0;
 
   constructor(
     private readonly target: UpcallTarget,
@@ -92,8 +108,13 @@ export class UpcallServer {
     this.ready.catch(() => this.close());
     this.#unsubscribe = target.onAffinity((e) => {
       const frame = encodeFrame(MSG.AFFINITY_EVENT, 0, affinityPayload(e));
-      for (const c of this.#connections) if (c.helloDone) c.send(frame);
+      for (const c of this.#connections) if (c.helloDone && !c.sendEvent(frame)) this.#droppedEvents++;
     });
+  }
+
+  /** AFFINITY_EVENTs not sent because their client had `maxUnreadOutput` bytes unread (all connections). */
+  get droppedEvents(): number {
+    return this.#droppedEvents;
   }
 
   /** Where it listens (the TCP port once {@link ready}). */
@@ -160,9 +181,15 @@ function listen(server: Server, start: () => void): Promise<void> {
 class Connection {
   helloDone = false;
   readonly #reader = new FrameReader();
+  /** Aborted on close: withdraws this connection's commands the guest has not seen. */
+  readonly #gone = new AbortController();
+  readonly #timeoutMs: number;
+  readonly #maxOutput: number;
   #inflight = 0;
   #failed = false;
-  #timer: NodeJS.Timeout | undefined;
+  #helloTimer: NodeJS.Timeout | undefined;
+  #frameTimer: NodeJS.Timeout | undefined;
+  #dropped = 0;
 
   constructor(
     private readonly socket: Socket,
@@ -172,43 +199,70 @@ class Connection {
     private readonly options: UpcallServerOptions,
     onGone: () => void,
   ) {
+    this.#timeoutMs = options.frameTimeoutMs ?? 10_000;
+    this.#maxOutput = options.maxUnreadOutput ?? DEFAULT_MAX_UNREAD_OUTPUT;
+    setMaxListeners(options.maxPipelined ?? DEFAULT_MAX_PIPELINED, this.#gone.signal); // one per request waiting
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('drain', () => socket.resume());
     socket.on('error', () => undefined); // a reset peer: 'close' follows
     socket.once('close', () => {
-      clearTimeout(this.#timer);
+      clearTimeout(this.#helloTimer);
+      clearTimeout(this.#frameTimer);
+      this.#gone.abort();
+      if (this.#dropped) options.log?.(`upcall endpoint: ${this.#dropped} AFFINITY_EVENTs dropped for a client that did not read them`);
       onGone();
     });
-    this.#arm(); // the HELLO must come in time too
+    // From connect, never extended: a client trickling bytes cannot hold an unauthenticated slot.
+    this.#helloTimer = this.#deadline(`no HELLO within ${this.#timeoutMs} ms of connecting: timed out`);
   }
 
   destroy(): void {
     this.socket.destroy();
   }
 
-  send(frame: Buffer): void {
-    if (this.socket.destroyed || this.#failed) return;
+  /** Sends an AFFINITY_EVENT unless the client has too much unread: returns false if dropped. */
+  sendEvent(frame: Buffer): boolean {
+    if (this.socket.destroyed || this.#failed) return true;
+    if (this.socket.writableLength + frame.length > this.#maxOutput) {
+      this.#dropped++;
+      return false;
+    }
     this.socket.write(frame);
-    if (this.socket.writableLength > MAX_UNREAD_OUTPUT) this.socket.pause();
+    return true;
   }
 
-  /** (Re)starts the clock for a frame to complete. */
-  #arm(): void {
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#fail(ENDPOINT_ERRNO.ETIMEDOUT, 'incomplete frame timed out'), this.options.frameTimeoutMs ?? 10_000);
-    this.#timer.unref();
+  /** Sends a reply; one that would exceed the unread-output limit closes the connection instead. */
+  #reply(frame: Buffer): void {
+    if (this.socket.destroyed || this.#failed) return;
+    if (this.socket.writableLength + frame.length > this.#maxOutput) {
+      this.options.log?.(`upcall endpoint: closing a connection with ${this.socket.writableLength} bytes of replies unread`);
+      return this.destroy();
+    }
+    this.socket.write(frame);
+  }
+
+  #deadline(message: string): NodeJS.Timeout {
+    const timer = setTimeout(() => this.#fail(ENDPOINT_ERRNO.ETIMEDOUT, message), this.#timeoutMs);
+    timer.unref();
+    return timer;
   }
 
   #onData(chunk: Buffer): void {
     if (this.#failed) return;
+    const continuing = this.#reader.partial;
     const { frames, error } = this.#reader.push(chunk);
     for (const f of frames) {
       if (this.#failed) return;
       this.#handle(f);
     }
     if (error) return this.#fail(ENDPOINT_ERRNO.EPROTO, error.message);
-    if (this.#reader.partial || !this.helloDone) this.#arm();
-    else clearTimeout(this.#timer);
+    // A frame's deadline runs from its first byte; later bytes of the same frame do not extend it.
+    if (!this.#reader.partial) {
+      clearTimeout(this.#frameTimer);
+      this.#frameTimer = undefined;
+    } else if (!continuing || frames.length > 0) {
+      clearTimeout(this.#frameTimer);
+      this.#frameTimer = this.#deadline(`incomplete frame timed out (${this.#timeoutMs} ms)`);
+    }
   }
 
   #handle(f: Frame): void {
@@ -223,7 +277,8 @@ class Connection {
       if (hello.version !== ENDPOINT_PROTOCOL_VERSION) return this.#fail(ENDPOINT_ERRNO.EPROTO, `protocol version ${hello.version} is not ${ENDPOINT_PROTOCOL_VERSION}`, f.id);
       if (this.token && !tokenMatches(this.token, hello.token)) return this.#fail(ENDPOINT_ERRNO.EACCES, 'bad token', f.id);
       this.helloDone = true;
-      this.send(encodeFrame(MSG.HELLO_OK, f.id, helloOkPayload({ version: ENDPOINT_PROTOCOL_VERSION, ...this.target.hello })));
+      clearTimeout(this.#helloTimer);
+      this.#reply(encodeFrame(MSG.HELLO_OK, f.id, helloOkPayload({ version: ENDPOINT_PROTOCOL_VERSION, ...this.target.hello })));
       return;
     }
     switch (f.type) {
@@ -240,24 +295,24 @@ class Connection {
   #request(f: Frame): void {
     let pending: Promise<LoadStatus>;
     try {
-      if (this.#inflight >= (this.options.maxPipelined ?? 8)) {
-        return this.send(encodeFrame(MSG.ERROR, f.id, errorPayload(-ENDPOINT_ERRNO.EBUSY, 'too many requests in flight on this connection')));
+      if (this.#inflight >= (this.options.maxPipelined ?? DEFAULT_MAX_PIPELINED)) {
+        return this.#reply(encodeFrame(MSG.ERROR, f.id, errorPayload(-ENDPOINT_ERRNO.EBUSY, 'too many requests in flight on this connection')));
       }
       if (f.type === MSG.LOAD) {
         const { hook, program } = parseLoad(f.payload);
-        pending = this.target.deliver(program, hook);
+        pending = this.target.deliver(program, hook, this.#gone.signal);
       } else {
-        pending = this.target.unload(parseUnload(f.payload).hook);
+        pending = this.target.unload(parseUnload(f.payload).hook, this.#gone.signal);
       }
     } catch (e) {
-      return this.send(encodeFrame(MSG.ERROR, f.id, errorPayload(-ENDPOINT_ERRNO.EINVAL, (e as Error).message)));
+      return this.#reply(encodeFrame(MSG.ERROR, f.id, errorPayload(-ENDPOINT_ERRNO.EINVAL, (e as Error).message)));
     }
     this.#inflight++;
     pending.then(
-      (r) => this.send(encodeFrame(MSG.RESULT, f.id, resultPayload(r))),
+      (r) => this.#reply(encodeFrame(MSG.RESULT, f.id, resultPayload(r))),
       (e: Error & { errno?: number }) => {
         const errno = e instanceof RangeError ? ENDPOINT_ERRNO.EINVAL : (e.errno ?? ENDPOINT_ERRNO.EINVAL);
-        this.send(encodeFrame(MSG.ERROR, f.id, errorPayload(-errno, e.message)));
+        this.#reply(encodeFrame(MSG.ERROR, f.id, errorPayload(-errno, e.message)));
       },
     ).finally(() => this.#inflight--);
   }
@@ -265,7 +320,8 @@ class Connection {
   /** A protocol error: report it and close, since later bytes cannot be trusted. */
   #fail(errno: number, message: string, id = 0): void {
     if (this.#failed) return;
-    clearTimeout(this.#timer);
+    clearTimeout(this.#helloTimer);
+    clearTimeout(this.#frameTimer);
     if (!this.socket.destroyed) this.socket.end(encodeFrame(MSG.ERROR, id, errorPayload(-errno, message)));
     this.#failed = true;
     // end() flushes; a client that never reads must not keep the connection open.

@@ -53,6 +53,18 @@ export class UpcallTimeoutError extends Error {
   }
 }
 
+/** {@link UpcallHost.deliver} / {@link UpcallHost.unload} beyond the pending-command limit reject with this. */
+export class UpcallBusyError extends Error {
+  readonly errno = 16; // EBUSY
+  constructor(message: string) {
+    super(message);
+    this.name = 'UpcallBusyError';
+  }
+}
+
+/** Default most commands posted or queued at once (all callers together). */
+export const UPCALL_DEFAULT_MAX_PENDING = 64;
+
 /** Default time the guest has to ACK a visible command. */
 export const UPCALL_DEFAULT_TIMEOUT_MS = 10_000;
 
@@ -62,6 +74,8 @@ export interface UpcallHostOptions {
   raiseIrq: (vector: number) => void;
   /** Per-command ACK timeout in ms (default {@link UPCALL_DEFAULT_TIMEOUT_MS}). */
   commandTimeoutMs?: number;
+  /** Most commands posted or queued at once (default {@link UPCALL_DEFAULT_MAX_PENDING}); more reject with {@link UpcallBusyError}. */
+  maxPending?: number;
 }
 
 interface Command {
@@ -80,6 +94,7 @@ export class UpcallHost {
   endpoint: UpcallEndpointInfo | undefined;
   private readonly raiseIrq: (vector: number) => void;
   private readonly timeoutMs: number;
+  private readonly maxPending: number;
   private readonly listeners = new Set<(e: AffinityEvent) => void>();
   private readonly queue: Command[] = [];
   private current: Command | undefined;
@@ -94,6 +109,8 @@ export class UpcallHost {
     this.raiseIrq = options.raiseIrq;
     this.timeoutMs = options.commandTimeoutMs ?? UPCALL_DEFAULT_TIMEOUT_MS;
     if (!(this.timeoutMs > 0)) throw new RangeError(`command timeout must be > 0 ms, got ${this.timeoutMs}`);
+    this.maxPending = options.maxPending ?? UPCALL_DEFAULT_MAX_PENDING;
+    if (!Number.isInteger(this.maxPending) || this.maxPending < 1) throw new RangeError(`maxPending must be an integer >= 1, got ${this.maxPending}`);
   }
 
   /** Largest program {@link deliver} accepts. */
@@ -104,19 +121,21 @@ export class UpcallHost {
   /**
    * Queues a LOAD_PROGRAM of `image` (a KTBP image, docs/bpf-runtime.md) at `hook`; resolves
    * with the guest's answer when it ACKs. The bytes are copied. Rejects with RangeError for an
-   * empty or oversized image or a hook that is not a u32, {@link UpcallTimeoutError} when the
-   * guest does not ACK in time, {@link UpcallCancelledError} when the VM stops first.
+   * empty or oversized image or a hook that is not a u32, {@link UpcallBusyError} when
+   * `maxPending` commands are already pending, {@link UpcallTimeoutError} when the guest does not
+   * ACK in time, {@link UpcallCancelledError} when the VM stops first or `signal` aborts while the
+   * command is still queued (once posted, the guest may be loading it: it runs its course).
    */
-  deliver(image: Uint8Array, hook: number): Promise<LoadStatus> {
+  deliver(image: Uint8Array, hook: number, signal?: AbortSignal): Promise<LoadStatus> {
     if (!(image instanceof Uint8Array) || image.length === 0 || image.length > this.maxProgram) {
       return Promise.reject(new RangeError(`program must be 1..${this.maxProgram} bytes`));
     }
-    return this.enqueue(UPCALL_CMD.LOAD_PROGRAM, hook, image.slice());
+    return this.enqueue(UPCALL_CMD.LOAD_PROGRAM, hook, image.slice(), signal);
   }
 
-  /** Queues an UNLOAD of `hook`; resolves with the guest's answer. */
-  unload(hook: number): Promise<LoadStatus> {
-    return this.enqueue(UPCALL_CMD.UNLOAD, hook, new Uint8Array(0));
+  /** Queues an UNLOAD of `hook`; resolves with the guest's answer. Errors and `signal` as for {@link deliver}. */
+  unload(hook: number, signal?: AbortSignal): Promise<LoadStatus> {
+    return this.enqueue(UPCALL_CMD.UNLOAD, hook, new Uint8Array(0), signal);
   }
 
   /** The guest-physical address of the guest's eBPF map directory (MAP_DIR_LO/HI), 0n if none was published. */
@@ -183,13 +202,34 @@ export class UpcallHost {
     }
   }
 
-  private enqueue(code: number, hook: number, data: Uint8Array): Promise<LoadStatus> {
+  private enqueue(code: number, hook: number, data: Uint8Array, signal: AbortSignal | undefined): Promise<LoadStatus> {
     if (!Number.isInteger(hook) || hook < 0 || hook > 0xffffffff) return Promise.reject(new RangeError(`hook must be a u32, got ${hook}`));
     if (this.closedReason !== undefined) return Promise.reject(new UpcallCancelledError(this.closedReason));
-    return new Promise<LoadStatus>((resolve, reject) => {
-      this.queue.push({ code, arg: hook, data, seq: 0, resolve, reject });
-      if (!this.current) this.postNext();
+    if (signal?.aborted) return Promise.reject(new UpcallCancelledError('the caller withdrew the command'));
+    if (this.pendingCommands >= this.maxPending) {
+      return Promise.reject(new UpcallBusyError(`the upcall command queue is full (${this.maxPending} commands pending): try again later`));
+    }
+    let cmd!: Command;
+    const done = new Promise<LoadStatus>((resolve, reject) => {
+      cmd = { code, arg: hook, data, seq: 0, resolve, reject };
     });
+    if (signal) {
+      const onAbort = () => this.withdrawQueued(cmd);
+      signal.addEventListener('abort', onAbort, { once: true });
+      const off = () => signal.removeEventListener('abort', onAbort);
+      done.then(off, off);
+    }
+    this.queue.push(cmd);
+    if (!this.current) this.postNext();
+    return done;
+  }
+
+  /** Drops `cmd` if it is still queued (not yet posted to the guest), rejecting it. */
+  private withdrawQueued(cmd: Command): void {
+    const i = this.queue.indexOf(cmd);
+    if (i < 0) return;
+    this.queue.splice(i, 1);
+    cmd.reject(new UpcallCancelledError('the caller withdrew the command before the guest saw it'));
   }
 
   /** Makes the next queued command visible to the guest, interrupts it and starts its timeout. */

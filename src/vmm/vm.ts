@@ -1005,8 +1005,8 @@ export class Vm extends EventEmitter {
       const paths = vmPaths(control.dir, control.name);
       const upcall = this.upcall;
       this.upcallServer = new UpcallServer({
-        deliver: (image, hook) => upcall.deliver(image, hook),
-        unload: (hook) => upcall.unload(hook),
+        deliver: (image, hook, signal) => upcall.deliver(image, hook, signal),
+        unload: (hook, signal) => upcall.unload(hook, signal),
         onAffinity: (l) => upcall.onAffinity(l),
         hello: { deviceVersion: UPCALL_VERSION, vcpus: this.vcpuCount, maxProgram: upcall.maxProgram },
       }, { socketPath: paths.upcallSocket, tokenPath: paths.upcallToken, tcp: this.upcallConfig!.tcp, log: this.log });

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { setMaxListeners } from 'node:events';
 /**
  * The upcall device's register model (docs/upcall-device.md): the shared-state device of each
  * vCPU thread (here several on one thread, sharing one UpcallState) driven by the main thread's
@@ -24,7 +25,9 @@ import {
   type GuestRam,
   type UpcallPolicy,
 } from '../../src/devices/upcall-device.js';
-import { UpcallCancelledError, UpcallHost, UpcallTimeoutError, type AffinityEvent, type LoadStatus } from '../../src/upcall/upcall-host.js';
+import {
+  UPCALL_DEFAULT_MAX_PENDING, UpcallBusyError, UpcallCancelledError, UpcallHost, UpcallTimeoutError, type AffinityEvent, type LoadStatus,
+} from '../../src/upcall/upcall-host.js';
 
 class FakeHost implements DeviceHost {
   constructor(readonly cpu = 0) {}
@@ -43,6 +46,7 @@ interface SetupOptions {
   pin?: (tid: number, cpu: number) => void;
   raiseIrq?: (v: number) => void;
   timeoutMs?: number;
+  maxPending?: number;
 }
 
 /** Guest RAM for COPY: 256 KiB, shared by the tests (each fills what it checks). */
@@ -66,7 +70,7 @@ function setup(o: SetupOptions = {}) {
   const irqs: number[] = [];
   const ramWrites: [bigint, number][] = [];
   const state = UpcallState.create(o.vcpus ?? 4);
-  const upcall = new UpcallHost(state, { raiseIrq: o.raiseIrq ?? ((v) => irqs.push(v)), commandTimeoutMs: o.timeoutMs });
+  const upcall = new UpcallHost(state, { raiseIrq: o.raiseIrq ?? ((v) => irqs.push(v)), commandTimeoutMs: o.timeoutMs, maxPending: o.maxPending });
   const pins: [number, number][] = [];
   const makeDevice = () => new UpcallDevice(state, {
     notify: (e) => upcall.handleEvent(e),
@@ -303,6 +307,51 @@ test('deliver rejects bad host arguments; cancelAll rejects and tells the guest'
   assert.deepEqual(irqs, [0x22, 0x22]);
   write(UPCALL_REG.IRQ_STATUS, 0xffffffff);
   assert.equal(read(UPCALL_REG.IRQ_STATUS), 0);
+});
+
+test('pending commands are limited (all callers together); an aborted caller\'s queued commands are dropped, the posted one stays', async () => {
+  const { upcall, read, write } = setup();
+  const posted = new AbortController();
+  const a = new AbortController();
+  const b = new AbortController();
+  setMaxListeners(0, a.signal, b.signal); // one listener per queued command
+  const first = upcall.deliver(new Uint8Array([1]), 1, posted.signal); // posted at once
+  const mine = Array.from({ length: 40 }, (_, i) => upcall.unload(100 + i, a.signal));
+  const theirs = Array.from({ length: UPCALL_DEFAULT_MAX_PENDING - 41 }, (_, i) => upcall.unload(200 + i, b.signal));
+  assert.equal(upcall.pendingCommands, UPCALL_DEFAULT_MAX_PENDING);
+  const busy = upcall.deliver(new Uint8Array([2]), 2);
+  await assert.rejects(busy, (e: Error & { errno?: number }) => e instanceof UpcallBusyError && e.errno === 16 && /queue is full \(64 commands pending\)/.test(e.message));
+  await assert.rejects(upcall.unload(3), UpcallBusyError);
+  // The posted command's caller goes away: the guest may be loading it, so it stays.
+  posted.abort();
+  assert.equal(read(UPCALL_REG.COMMAND_SEQ), 1);
+  // The other caller goes away: its 40 queued commands go, the rest keep their order.
+  a.abort();
+  for (const p of mine) await assert.rejects(p, (e: Error) => e instanceof UpcallCancelledError && /before the guest saw it/.test(e.message));
+  assert.equal(upcall.pendingCommands, UPCALL_DEFAULT_MAX_PENDING - 40);
+  const again = upcall.unload(300); // room again
+  write(UPCALL_REG.ACK, 1);
+  assert.deepEqual(await first, { status: 0, pc: null, seq: 1 });
+  assert.equal(read(UPCALL_REG.COMMAND_ARG), 200, 'the next posted is the first of the remaining caller, not a dropped one');
+  // Aborting after a command was posted, answered or already aborted changes nothing.
+  b.abort();
+  b.abort();
+  assert.equal(read(UPCALL_REG.COMMAND_ARG), 200);
+  for (const p of theirs.slice(1)) await assert.rejects(p, UpcallCancelledError);
+  write(UPCALL_REG.ACK, read(UPCALL_REG.COMMAND_SEQ));
+  assert.equal((await theirs[0]!).status, 0);
+  assert.equal(read(UPCALL_REG.COMMAND_ARG), 300);
+  write(UPCALL_REG.ACK, read(UPCALL_REG.COMMAND_SEQ));
+  assert.equal((await again).status, 0);
+  assert.equal(upcall.pendingCommands, 0);
+  // An already-aborted signal rejects at once; a small limit is honoured; a bad one refused.
+  await assert.rejects(upcall.unload(1, AbortSignal.abort()), UpcallCancelledError);
+  const small = setup({ maxPending: 1 });
+  const only = small.upcall.unload(1);
+  await assert.rejects(small.upcall.unload(2), UpcallBusyError);
+  small.write(UPCALL_REG.ACK, 1);
+  await only;
+  assert.throws(() => setup({ maxPending: 0 }), /maxPending/);
 });
 
 test('AFFINITY: policy, self, range; pins the named vCPU\'s thread; result in AFFINITY_STATUS and an event', () => {
