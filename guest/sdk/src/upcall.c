@@ -78,15 +78,18 @@ static void read_window(uint32_t len)
 }
 
 /*
- * Has the device write command seq's program (len bytes) into the buffer: 0, or COPY_STATUS's
- * error. The buffer registers are shared device state another vCPU may have moved: on -EFAULT or
+ * Gets command seq's program (len bytes) into the buffer: 0; -KT_ESTALE or -KT_ENOENT when the
+ * host withdrew the command meanwhile (it may have posted the next); or COPY_STATUS's error.
+ * COPY checks seq itself, inside the copy. The window cannot, so afterwards COMMAND_SEQ is read
+ * again: the same value means every word came from seq's program (see kt_upcall_poll).
+ * The buffer registers are shared device state another vCPU may have moved: on -EFAULT or
  * -ENOSPC point them back once and retry.
  */
 static int copy_program(uint32_t seq, uint32_t len)
 {
 	if (!use_copy) {
 		read_window(len);
-		return 0;
+		return kt_upcall_read(KT_UPCALL_COMMAND_SEQ) == seq ? 0 : -KT_ESTALE;
 	}
 	for (int tries = 0;; tries++) {
 		kt_upcall_write(KT_UPCALL_COPY, seq);
@@ -100,40 +103,67 @@ static int copy_program(uint32_t seq, uint32_t len)
 	}
 }
 
+/* Whether an error from copy_program means command seq is gone (so not to be answered). */
+static int withdrawn(int status)
+{
+	return status == -KT_ESTALE || status == -KT_ENOENT;
+}
+
+/*
+ * Every register read is a separate exit, and between any two the host may withdraw the command
+ * (its timeout) and post the next, so COMMAND, COMMAND_ARG, DATA_LEN and the program could each
+ * belong to a different command. Sequence numbers are not reused (until 2^32 commands later): if
+ * COMMAND_SEQ reads the same before and after, everything read in between is that command's.
+ * So COMMAND_SEQ is read first, and a handler runs only once it is confirmed afterwards (a
+ * successful COPY of seq confirms it, being later than every other read). A command withdrawn
+ * meanwhile is not answered (its ACK would be stale anyway) and the next one is serviced.
+ */
 int kt_upcall_poll(void)
 {
-	uint32_t cmd = kt_upcall_read(KT_UPCALL_COMMAND);
+	/* Each retry needs the host to withdraw a command within microseconds: a few are plenty. */
+	for (int tries = 0; tries < 4; tries++) {
+		uint32_t seq = kt_upcall_read(KT_UPCALL_COMMAND_SEQ);
 
-	if (cmd == KT_UPCALL_CMD_NONE)
-		return 0;
-	uint32_t seq = kt_upcall_read(KT_UPCALL_COMMAND_SEQ);
-	uint32_t hook = kt_upcall_read(KT_UPCALL_COMMAND_ARG);
-	uint32_t pc = KT_UPCALL_NO_PC;
-	int status;
+		if (seq == 0)
+			return 0;
+		uint32_t cmd = kt_upcall_read(KT_UPCALL_COMMAND);
 
-	kt_upcall_write(KT_UPCALL_IRQ_STATUS, KT_UPCALL_IRQ_CMD_PENDING);
-	if (cmd == KT_UPCALL_CMD_LOAD) {
-		uint32_t len = kt_upcall_read(KT_UPCALL_DATA_LEN);
+		if (cmd == KT_UPCALL_CMD_NONE)
+			continue; /* withdrawn just now */
+		uint32_t hook = kt_upcall_read(KT_UPCALL_COMMAND_ARG);
+		uint32_t pc = KT_UPCALL_NO_PC;
+		int status;
 
-		if (len == 0 || len > KT_UPCALL_MAX_PROGRAM) {
-			status = -KT_E2BIG;
-		} else if (!load_handler) {
-			status = -KT_EOPNOTSUPP;
+		kt_upcall_write(KT_UPCALL_IRQ_STATUS, KT_UPCALL_IRQ_CMD_PENDING);
+		if (cmd == KT_UPCALL_CMD_LOAD) {
+			uint32_t len = kt_upcall_read(KT_UPCALL_DATA_LEN);
+
+			if (len == 0 || len > KT_UPCALL_MAX_PROGRAM) {
+				status = -KT_E2BIG;
+			} else if (!load_handler) {
+				status = -KT_EOPNOTSUPP;
+			} else {
+				status = copy_program(seq, len);
+				if (withdrawn(status))
+					continue;
+				if (status == 0)
+					status = load_handler(hook, program, len, &pc);
+			}
+		} else if (cmd == KT_UPCALL_CMD_UNLOAD && unload_handler) {
+			if (kt_upcall_read(KT_UPCALL_COMMAND_SEQ) != seq)
+				continue;
+			status = unload_handler(hook);
 		} else {
-			status = copy_program(seq, len);
-			if (status == 0)
-				status = load_handler(hook, program, len, &pc);
+			/* No handler runs: a stale answer is ignored by the device, so no need to confirm. */
+			status = -KT_EOPNOTSUPP;
 		}
-	} else if (cmd == KT_UPCALL_CMD_UNLOAD) {
-		status = unload_handler ? unload_handler(hook) : -KT_EOPNOTSUPP;
-	} else {
-		status = -KT_EOPNOTSUPP;
+		kt_upcall_write(KT_UPCALL_STATUS, (uint32_t)status);
+		kt_upcall_write(KT_UPCALL_STATUS_PC, pc);
+		/* A command the host cancelled since the check makes this ACK stale: the device ignores it. */
+		kt_upcall_write(KT_UPCALL_ACK, seq);
+		return 1;
 	}
-	kt_upcall_write(KT_UPCALL_STATUS, (uint32_t)status);
-	kt_upcall_write(KT_UPCALL_STATUS_PC, pc);
-	/* A command the host cancelled meanwhile makes this ACK stale: the device ignores it. */
-	kt_upcall_write(KT_UPCALL_ACK, seq);
-	return 1;
+	return 0;
 }
 
 int kt_upcall_wait(void)

@@ -76,6 +76,11 @@ extern "C" {
 /* STATUS_PC meaning "no instruction". */
 #define KT_UPCALL_NO_PC 0xffffffffU
 
+#ifdef KT_UPCALL_TEST_ACCESSORS
+/* Host tests of the driver (test/native/upcall-driver-host.c) put a device model behind these. */
+uint32_t kt_upcall_read(uint32_t offset);
+void kt_upcall_write(uint32_t offset, uint32_t value);
+#else
 static inline uint32_t kt_upcall_read(uint32_t offset)
 {
 	return *(volatile uint32_t *)(KT_UPCALL_BASE + offset);
@@ -85,6 +90,7 @@ static inline void kt_upcall_write(uint32_t offset, uint32_t value)
 {
 	*(volatile uint32_t *)(KT_UPCALL_BASE + offset) = value;
 }
+#endif
 
 /*
  * A LOAD_PROGRAM handler: image/len is the program (a KTBP image, docs/bpf-runtime.md) at
@@ -116,8 +122,9 @@ void kt_upcall_set_handlers(kt_upcall_load_fn load, kt_upcall_unload_fn unload);
 
 /*
  * Services the pending command, if any: copies the program into a static buffer (COPY, or the
- * DATA window), calls the handler, writes STATUS / STATUS_PC and ACKs. A COPY the device refuses
- * (the host withdrew the command meanwhile) is answered with its error, without the handler.
+ * DATA window), calls the handler, writes STATUS / STATUS_PC and ACKs. A command the host
+ * withdraws while it is being read (its timeout) gets neither the handler nor an answer, and the
+ * command posted after it is serviced instead: the handler never sees parts of two commands.
  * Returns 1 if it serviced one, 0 if none was pending. Not reentrant: call it from one vCPU at a
  * time.
  */
