@@ -21,6 +21,7 @@ import { encodeImage as encodeBpfImage, type ImageMap } from '../../src/bpf/imag
 import { encodeProgram } from '../../src/bpf/isa.js';
 import { verify, type MapSpec } from '../../src/bpf/verifier.js';
 import { buildRuntimeHost, hex, parseVerdicts, runHost, type RuntimeHost } from '../helpers/bpf-runtime-host.js';
+import { RANGE_ACCEPTED, RANGE_REJECTED, arithmeticProgram } from '../helpers/bpf-range-programs.js';
 import { rng } from '../helpers/rng.js';
 
 let host: RuntimeHost;
@@ -294,9 +295,22 @@ describe('eBPF runtime in C: verifier', () => {
     });
   });
 
+  test('scalar ranges: accepts the range corpus, rejects its unsafe programs at the right instruction', () => {
+    cVerify(RANGE_ACCEPTED.map(([, s]) => image(s))).forEach((v, i) => assert.ok(v.ok, `${RANGE_ACCEPTED[i]![0]} refused: ${v.pc} ${v.reason}`));
+    cVerify(RANGE_REJECTED.map(([, s]) => image(s))).forEach((v, i) => {
+      const [what, , pc, reason] = RANGE_REJECTED[i]!;
+      assert.ok(!v.ok, `accepted: ${what}`);
+      assert.equal(v.pc, pc, `pc for ${what}: ${v.reason}`);
+      assert.ok(v.reason.includes(reason), `reason ${JSON.stringify(v.reason)} lacks ${JSON.stringify(reason)}`);
+    });
+  });
+
   test('verdicts and error pcs agree with src/bpf/verifier.ts', () => {
     // (the million-iteration loop is left out: the TypeScript verifier takes seconds on it)
-    const progs = [...ACCEPTED, ...REJECTED.filter(([, , r]) => !r.includes('bounded')).map(([s]) => s)];
+    const progs = [
+      ...ACCEPTED, ...REJECTED.filter(([, , r]) => !r.includes('bounded')).map(([s]) => s),
+      ...RANGE_ACCEPTED.map(([, s]) => s), ...RANGE_REJECTED.map(([, s]) => s),
+    ];
     const got = cVerify(progs.map((s) => image(s)));
     progs.forEach((s, i) => {
       const ts = verify(assemble(s), { contextSize: CTX, helpers: [...GUEST_HELPERS], maps: TS_MAPS });
@@ -421,6 +435,29 @@ describe('eBPF runtime in C: fuzz', () => {
     });
     console.log(`# fuzz: ${accepted} of ${programs.length} accepted and run; ${compared - disagreements.length}/${compared} verdicts match TypeScript`);
     assert.ok(accepted >= 50, `only ${accepted} accepted`);
+    assert.deepEqual(disagreements.slice(0, 5), []);
+  });
+
+  test('random 64/32-bit offset arithmetic: same verdicts and pcs as TypeScript; accepted ones run cleanly on edge contexts', () => {
+    const next = rng(4242);
+    const programs = Array.from({ length: 3000 }, () => encodeProgram(assemble(arithmeticProgram(next))));
+    const ctxs = ['00', '80', 'ff', '7f'].map((b) => b.repeat(CTX));
+    const answers = harness(programs.flatMap((b) => ctxs.map((c) => `run ${CTX} ${hex(encodeImage(MAPS, b))} ${c}`)));
+    let accepted = 0;
+    const disagreements: string[] = [];
+    programs.forEach((bytes, i) => {
+      const lines = answers.slice(i * ctxs.length, (i + 1) * ctxs.length);
+      for (const l of lines) assert.match(l, /^(ok \d+ [0-9a-f]+|err -\d+ -?\d+ .+)$/);
+      const ok = lines[0]!.startsWith('ok');
+      if (ok) accepted++;
+      const ts = verify(bytes, { contextSize: CTX, helpers: [...GUEST_HELPERS], maps: TS_MAPS });
+      const pc = ok ? -1 : Number(lines[0]!.split(' ')[2]);
+      if (ts.ok !== ok || (!ts.ok && ts.errors[0]!.pc !== pc)) {
+        disagreements.push(`${Buffer.from(bytes).toString('hex')}\n  C: ${lines[0]!.slice(0, 200)}\n  TS: ${JSON.stringify(!ts.ok && ts.errors[0])}`);
+      }
+    });
+    console.log(`# arithmetic fuzz: ${accepted} of ${programs.length} accepted and run on 4 contexts`);
+    assert.ok(accepted >= 300, `only ${accepted} accepted`);
     assert.deepEqual(disagreements.slice(0, 5), []);
   });
 });
