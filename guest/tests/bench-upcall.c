@@ -2,7 +2,7 @@
  * Upcall latency (`kvmtalk bench bpf`): how long from the host handing a program to the upcall
  * device until the guest has verified, attached and run it once. Mark 0 returns the number of
  * programs to expect. The guest says it is ready (kt_send_value(1)), then for each command serves
- * it (copy through the data window, verify, JIT, attach, ACK) and runs the timer hook's new
+ * it (COPY into the driver's buffer, verify, JIT, attach, ACK) and runs the timer hook's new
  * program once before stamping KT_HC_BENCH_MARK mark 1.
  */
 #include <kvmtalk.h>

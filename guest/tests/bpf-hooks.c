@@ -2,6 +2,8 @@
  * The eBPF runtime's timer and channel-rx hooks in a real guest (test/integration/bpf-hooks.test.ts).
  * The host injects one program per hook; the guest then takes TICKS periodic LAPIC timer ticks and
  * receives MESSAGES messages on channel "hooks". The programs count into maps the host reads.
+ * While the timer ticks, the main loop keeps updating hash map "seen", which the timer program
+ * updates too: a tick that lands while this vCPU holds the map's lock must be skipped, not spin.
  * Hypercall 256 tells the host the guest is ready for messages.
  */
 #include <kvmtalk.h>
@@ -25,10 +27,23 @@ int main(void)
 
 	if (kt_bpf_timer_start(0, 1000) < 0)
 		return 12;
-	while (kt_bpf_timer_ticks() < TICKS)
-		__builtin_ia32_pause();
+	struct kt_bpf_map *seen = kt_bpf_map_find("seen");
+	uint32_t key = 1000;
+	uint64_t updates = 0;
+
+	if (!seen)
+		return 15;
+	/* Until the program has run TICKS times; ticks inside the lock are skipped, not counted. */
+	while (kt_bpf_timer_ticks() - kt_bpf_timer_skipped() < TICKS) {
+		if (kt_bpf_map_update(seen, &key, &updates, 0) < 0)
+			return 16;
+		updates++;
+		for (int i = 0; i < 200; i++)
+			kt_pause();
+	}
 	kt_bpf_timer_stop();
-	kt_printf("guest: %lu timer ticks\n", (unsigned long)kt_bpf_timer_ticks());
+	kt_printf("guest: %lu timer ticks, %lu skipped inside a map lock, %lu updates\n",
+		  (unsigned long)kt_bpf_timer_ticks(), (unsigned long)kt_bpf_timer_skipped(), (unsigned long)updates);
 
 	if (kt_chan_open(&ch, "hooks", 0, KT_CHAN_MODE_HYPERCALL) < 0)
 		return 13;

@@ -334,10 +334,9 @@ async function measureInterruptLatency(samples: number, log: (s: string) => void
 
 /**
  * Upcall latency: from handing a program image to the upcall device until the guest has copied it
- * through the data window, verified, JIT-compiled, attached and run it once
+ * (COPY: a fixed handful of MMIO exits), verified, JIT-compiled, attached and run it once
  * (guest/tests/bench-upcall.c stamps mark 1 after that first run), median in µs, for the smallest
- * program and for the demo's affinity policy. Dominated by the window reads: one MMIO exit per
- * 4 bytes of image.
+ * program and for the demo's affinity policy.
  */
 async function measureUpcallLatency(samples: number, log: (s: string) => void): Promise<UpcallLatency> {
   const minimal = encodeImage(imageFromAssembly('r0 = 0\nexit'));

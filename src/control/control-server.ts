@@ -22,10 +22,11 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { isMainThread } from 'node:worker_threads';
 import { CHANNEL_AREA_BASE, DIRECTORY_SIZE } from '../channel/channel-area.js';
 import type { Channel } from '../channel/channel.js';
+import { GuestMapError, type GuestBpfMap } from '../bpf/guest-maps.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import {
-  CONTROL_OPS, CONTROL_PROTOCOL_VERSION, encodeMessage, LineSplitter, parseMessage,
-  type AttachInfo, type ChannelSummary, type DescribeReply, type RingInfo,
+  CONTROL_OPS, CONTROL_PROTOCOL_VERSION, encodeMessage, LineSplitter, MAX_LINE, parseMessage,
+  type AttachInfo, type BpfMapDump, type ChannelSummary, type DescribeReply, type RingInfo,
 } from './protocol.js';
 import { claimVmName, ensureRuntimeDir, releaseVmName, removeVmFiles, runtimeDirPath, type VmEntry } from './runtime-dir.js';
 
@@ -55,6 +56,8 @@ export interface ControlChannel {
 
 /** What a control server serves. */
 export interface ControlTarget {
+  /** The guest eBPF runtime's maps (docs/bpf-runtime.md); absent when the VM has no upcall device. */
+  bpfMaps?(): readonly GuestBpfMap[];
   /** Guest RAM: the memfd's fd number in this process (-1: not shareable), its size and page size. */
   readonly memory: { fd: number; size: number; pageSize: number };
   /** The channel directory, if any. */
@@ -224,6 +227,19 @@ export class ControlServer extends EventEmitter {
     return ch;
   }
 
+  #maps(): readonly GuestBpfMap[] {
+    if (!this.#target.bpfMaps) throw new RequestError('this VM has no upcall device, so no eBPF maps');
+    return this.#target.bpfMaps();
+  }
+
+  #map(name: unknown): GuestBpfMap {
+    if (typeof name !== 'string') throw new RequestError('"map" must be a map name');
+    const maps = this.#maps();
+    const m = maps.find((x) => x.info.name === name);
+    if (!m) throw new RequestError(`unknown map '${name.slice(0, 64)}' (maps: ${maps.map((x) => x.info.name).join(', ') || 'none'})`);
+    return m;
+  }
+
   /** Answers one well-formed message; throws {@link RequestError} for a bad request. */
   #handle(c: Connection, req: Record<string, unknown>): Record<string, unknown> {
     switch (req.op) {
@@ -265,6 +281,17 @@ export class ControlServer extends EventEmitter {
         if (this.#holders.get(ch.id) !== c) throw new RequestError(`channel '${ch.name}' is not attached on this connection`);
         return { ok: true, raised: ch.kick() };
       }
+      case 'bpf-maps':
+        return { ok: true, maps: dumpMaps(this.#maps(), req.max) };
+      case 'bpf-map-update': {
+        const m = this.#map(req.map);
+        const flags = req.flags ?? 0;
+        if (flags !== 0 && flags !== 1 && flags !== 2) throw new RequestError('"flags" must be 0 (any), 1 (only new) or 2 (only existing)');
+        m.update(hexArg(req.key, 'key'), hexArg(req.value, 'value'), flags);
+        return { ok: true };
+      }
+      case 'bpf-map-delete':
+        return { ok: true, deleted: this.#map(req.map).delete(hexArg(req.key, 'key')) };
       case undefined:
         throw new RequestError(`missing "op" (use ${CONTROL_OPS.join(', ')})`);
       default:
@@ -298,6 +325,36 @@ export class ControlServer extends EventEmitter {
 
 /** A request the server understood but refuses; the connection stays open. */
 class RequestError extends Error {}
+
+/** Most entries `bpf-maps` lists per map, and the reply bytes it spends on entries in all. */
+const DEFAULT_MAP_ENTRIES = 64;
+const MAX_MAP_ENTRIES = 4096;
+const DUMP_BUDGET = MAX_LINE / 2;
+
+function dumpMaps(maps: readonly GuestBpfMap[], max: unknown): BpfMapDump[] {
+  if (max !== undefined && !(Number.isInteger(max) && (max as number) >= 0 && (max as number) <= MAX_MAP_ENTRIES)) {
+    throw new RequestError(`"max" must be an integer 0–${MAX_MAP_ENTRIES}`);
+  }
+  const limit = (max as number | undefined) ?? DEFAULT_MAP_ENTRIES;
+  let budget = DUMP_BUDGET;
+  return maps.map((m) => {
+    const all = m.entries();
+    const entries: [string, string][] = [];
+    for (const [k, v] of all) {
+      const cost = 2 * (k.length + v.length) + 8;
+      if (entries.length >= limit || cost > budget) break;
+      budget -= cost;
+      entries.push([Buffer.from(k).toString('hex'), Buffer.from(v).toString('hex')]);
+    }
+    const { name, type, keySize, valueSize, maxEntries } = m.info;
+    return { name, type, keySize, valueSize, maxEntries, size: m.size, entries, truncated: all.length - entries.length };
+  });
+}
+
+function hexArg(v: unknown, what: string): Uint8Array {
+  if (typeof v !== 'string' || v.length % 2 !== 0 || !/^[0-9a-f]*$/i.test(v)) throw new RequestError(`"${what}" must be hex bytes`);
+  return Buffer.from(v, 'hex');
+}
 
 /** One client connection: framing, request dispatch, error replies, flow control. */
 class Connection {
@@ -342,7 +399,7 @@ class Connection {
       try {
         reply = this.handle(req);
       } catch (e) {
-        reply = { ok: false, error: e instanceof RequestError ? e.message : `internal error: ${(e as Error).message}` };
+        reply = { ok: false, error: e instanceof RequestError || e instanceof GuestMapError ? e.message : `internal error: ${(e as Error).message}` };
       }
       this.#send({ ...reply, ...echoId(req) });
     }
@@ -382,6 +439,8 @@ export interface ControlledVm {
   readonly memory: GuestMemory;
   /** The VM's channels (open, suspended and closed). */
   channels(): readonly Channel[];
+  /** The guest eBPF runtime's maps; throws {@link GuestMapError} when there are none to read. */
+  bpfMaps?(): readonly GuestBpfMap[];
 }
 
 /** A {@link Channel} as the control server sees it. */
@@ -412,6 +471,7 @@ export function startControlServer(vm: ControlledVm, options: ControlServerOptio
       return vm.channels().length > 0 ? { gpa: CHANNEL_AREA_BASE, size: DIRECTORY_SIZE } : null;
     },
     channels: () => vm.channels().map(controlChannel),
+    bpfMaps: vm.bpfMaps && (() => vm.bpfMaps!()),
   };
   return new ControlServer(target, options);
 }

@@ -12,6 +12,9 @@
  * | `{"op":"attach","channel":"name"}` | `channel`: {@link AttachInfo} |
  * | `{"op":"detach","channel":"name"}` | — |
  * | `{"op":"kick","channel":"name"}` | `raised`: whether an interrupt was sent |
+ * | `{"op":"bpf-maps","max":64}` | `maps`: {@link BpfMapDump}[] (the guest eBPF runtime's maps, docs/bpf-runtime.md) |
+ * | `{"op":"bpf-map-update","map":"name","key":"hex","value":"hex","flags":0}` | — |
+ * | `{"op":"bpf-map-delete","map":"name","key":"hex"}` | `deleted`: whether the key was there |
  *
  * Every failure is `{"ok":false,"error":"…"}`. Framing errors (a line over {@link MAX_LINE}
  * bytes, bytes that are not UTF-8, text that is not a JSON object) also close the connection:
@@ -121,7 +124,23 @@ export type ControlRequest =
   | { op: 'attach' | 'detach' | 'kick'; channel: string | number; id?: unknown };
 
 /** The operations, for error messages. */
-export const CONTROL_OPS = ['describe', 'list', 'attach', 'detach', 'kick'] as const;
+export const CONTROL_OPS = ['describe', 'list', 'attach', 'detach', 'kick', 'bpf-maps', 'bpf-map-update', 'bpf-map-delete'] as const;
+
+/** One guest eBPF map as `bpf-maps` shows it: its definition and entries as hex. */
+export interface BpfMapDump {
+  name: string;
+  /** 1 hash, 2 array. */
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  /** Live entries (the array's size for an array map). */
+  size: number;
+  /** [key, value] as lowercase hex, in storage order. */
+  entries: [string, string][];
+  /** Entries left out (the `max` per map, or the reply's size limit). */
+  truncated: number;
+}
 
 /** One channel as `describe` and `list` show it. */
 export interface ChannelSummary {

@@ -1,8 +1,8 @@
 /**
  * The upcall device (docs/upcall-device.md): a 4 KiB MMIO register bank through which the host
- * hands eBPF programs to the guest (LOAD_PROGRAM / UNLOAD commands, the program's bytes read
- * through a paged DATA window), the guest answers with a load status, and the guest asks the host
- * to pin a vCPU thread to a host CPU (AFFINITY).
+ * hands eBPF programs to the guest (LOAD_PROGRAM / UNLOAD commands, the program's bytes copied into
+ * a guest buffer with COPY or read through a paged DATA window), the guest answers with a load
+ * status, and the guest asks the host to pin a vCPU thread to a host CPU (AFFINITY).
  *
  * Every vCPU thread has its own {@link UpcallDevice} (devices run in the thread that takes the
  * exit), and all of them and the main thread share one {@link UpcallState}: the registers and the
@@ -12,6 +12,7 @@
  *
  * @module
  */
+import type { GuestMemory } from '../memory/guest-memory.js';
 import type { DeviceHost, MmioDevice } from './device.js';
 
 /** Default guest-physical base of the register page. */
@@ -20,7 +21,7 @@ export const UPCALL_BASE = 0xfe000000n;
 export const UPCALL_SIZE = 0x1000n;
 /** "KTUP" read as a little-endian u32. */
 export const UPCALL_MAGIC = 0x5055544b;
-/** Register-model version. */
+/** Register-model version. Compatible additions (new registers, FEATURES bits) keep it. */
 export const UPCALL_VERSION = 1;
 
 /** Register offsets (all u32, little endian). */
@@ -43,7 +44,20 @@ export const UPCALL_REG = {
   MAP_DIR_LO: 0x03c,
   MAP_DIR_HI: 0x040,
   HOST_CPUS: 0x044,
+  COPY_ADDR_LO: 0x048,
+  COPY_ADDR_HI: 0x04c,
+  COPY_LEN: 0x050,
+  COPY: 0x054,
+  COPY_STATUS: 0x058,
+  FEATURES: 0x05c,
 } as const;
+
+/** FEATURES bits. Bit 31 is never set, so a device without FEATURES (reads 0xFFFFFFFF) has none. */
+export const UPCALL_FEATURE = {
+  /** COPY_ADDR_LO/HI, COPY_LEN, COPY and COPY_STATUS exist. */
+  COPY: 1 << 0,
+} as const;
+const FEATURES = UPCALL_FEATURE.COPY;
 
 /** Offset of the read-only DATA window. */
 export const UPCALL_WINDOW_OFFSET = 0x800;
@@ -67,14 +81,14 @@ const IRQ_INTERRUPTING = UPCALL_IRQ.CMD_PENDING | UPCALL_IRQ.CMD_CANCELLED;
 /** COMMAND codes. */
 export const UPCALL_CMD = {
   NONE: 0,
-  /** Load the program in the DATA window at hook COMMAND_ARG. */
+  /** Load the program (DATA window, COPY) at hook COMMAND_ARG. */
   LOAD_PROGRAM: 1,
   /** Detach whatever is loaded at hook COMMAND_ARG (DATA_LEN = 0). */
   UNLOAD: 2,
 } as const;
 
 /** Errno values the device itself reports (Linux numbering, negated in the registers). */
-export const UPCALL_ERRNO = { EPERM: 1, ESRCH: 3, EIO: 5, EINVAL: 22, EOPNOTSUPP: 95 } as const;
+export const UPCALL_ERRNO = { EPERM: 1, ENOENT: 2, ESRCH: 3, EIO: 5, EFAULT: 14, EINVAL: 22, ENOSPC: 28, EOPNOTSUPP: 95, ESTALE: 116 } as const;
 
 /** Lowest and highest vector IRQ_VECTOR accepts (docs/guest-abi.md, "Vectors"); 0 = none. */
 export const UPCALL_VECTOR_MIN = 0x20;
@@ -109,12 +123,17 @@ export interface UpcallCounters {
   acks: number;
   /** AFFINITY writes. */
   affinityRequests: number;
+  /** COPY writes that copied the program into guest RAM. */
+  copies: number;
+  /** COPY writes refused (COPY_STATUS negative): no command, stale seq, buffer too small or outside RAM. */
+  copyErrors: number;
 }
 const COUNTER_NAMES: readonly (keyof UpcallCounters)[] = [
   'badSize', 'badOffset', 'readOnlyWrites', 'badValue', 'staleAcks', 'irqErrors', 'reads', 'writes', 'acks', 'affinityRequests',
+  'copies', 'copyErrors',
 ];
 
-/** Int32 slots of the shared state. Registers first, then counters, then vCPU thread ids. */
+/** Int32 slots of the shared state: registers, counters, the COPY registers, then vCPU thread ids. */
 const W = {
   LOCK: 0,
   IRQ_STATUS: 1,
@@ -132,8 +151,13 @@ const W = {
   MAP_DIR_HI: 13,
   VCPU_COUNT: 14,
   MAX_PROGRAM: 15,
+  /** 16 slots, {@link COUNTER_NAMES} order. */
   COUNTERS: 16,
-  TIDS: 32,
+  COPY_ADDR_LO: 32,
+  COPY_ADDR_HI: 33,
+  COPY_LEN: 34,
+  COPY_STATUS: 35,
+  TIDS: 36,
 } as const;
 /** Bytes before the program buffer. */
 const HEADER_BYTES = 4 * (W.TIDS + MAX_TIDS);
@@ -296,7 +320,27 @@ export class UpcallState {
     }
     return value >>> 0;
   }
+
+  /**
+   * COPY (lock held): writes the current program into `memory` at COPY_ADDR if `seq` names the
+   * current command and the buffer (COPY_LEN) and guest RAM both hold DATA_LEN bytes there.
+   * Returns COPY_STATUS: the bytes copied, or a negative errno with nothing written.
+   */
+  copyProgram(seq: number, memory: GuestRam): number {
+    if (this.get(W.COMMAND) === UPCALL_CMD.NONE) return -UPCALL_ERRNO.ENOENT;
+    if (seq !== this.get(W.COMMAND_SEQ)) return -UPCALL_ERRNO.ESTALE;
+    const len = this.get(W.DATA_LEN);
+    if (this.get(W.COPY_LEN) < len) return -UPCALL_ERRNO.ENOSPC;
+    // 64-bit address: the bigint sum cannot wrap, so a buffer near 2^64 is simply outside RAM.
+    const addr = (BigInt(this.get(W.COPY_ADDR_HI)) << 32n) | BigInt(this.get(W.COPY_ADDR_LO));
+    if (!memory.contains(addr, len)) return -UPCALL_ERRNO.EFAULT;
+    memory.write(addr, this.program.subarray(0, len));
+    return len;
+  }
 }
+
+/** What COPY needs of guest RAM ({@link GuestMemory} provides it). */
+export type GuestRam = Pick<GuestMemory, 'contains' | 'write'>;
 
 /** Who may pin which vCPU where (the VM's `upcall.pinning` / `upcall.allowedCpus`). */
 export interface UpcallPolicy {
@@ -313,6 +357,8 @@ export interface UpcallDeviceOptions {
   policy: UpcallPolicy;
   /** sched_setaffinity(tid, [cpu]); throws an error with a numeric `errno` on failure. */
   pin: (tid: number, cpu: number) => void;
+  /** Guest RAM, which COPY writes the program into (the vCPU thread's view). */
+  memory: GuestRam;
   /** Guest-physical base of the register page (default {@link UPCALL_BASE}). */
   base?: bigint;
 }
@@ -397,6 +443,12 @@ export class UpcallDevice implements MmioDevice {
       case UPCALL_REG.MAP_DIR_LO: return s.get(W.MAP_DIR_LO);
       case UPCALL_REG.MAP_DIR_HI: return s.get(W.MAP_DIR_HI);
       case UPCALL_REG.HOST_CPUS: return this.options.policy.pinning ? this.allowed.size : 0;
+      case UPCALL_REG.COPY_ADDR_LO: return s.get(W.COPY_ADDR_LO);
+      case UPCALL_REG.COPY_ADDR_HI: return s.get(W.COPY_ADDR_HI);
+      case UPCALL_REG.COPY_LEN: return s.get(W.COPY_LEN);
+      case UPCALL_REG.COPY: return 0;
+      case UPCALL_REG.COPY_STATUS: return s.get(W.COPY_STATUS);
+      case UPCALL_REG.FEATURES: return FEATURES;
       default: return undefined;
     }
   }
@@ -417,6 +469,9 @@ export class UpcallDevice implements MmioDevice {
       case UPCALL_REG.DATA_LEN:
       case UPCALL_REG.AFFINITY_STATUS:
       case UPCALL_REG.WINDOW_SIZE:
+      case UPCALL_REG.HOST_CPUS:
+      case UPCALL_REG.COPY_STATUS:
+      case UPCALL_REG.FEATURES:
         s.count('readOnlyWrites');
         return undefined;
       case UPCALL_REG.IRQ_STATUS:
@@ -449,6 +504,22 @@ export class UpcallDevice implements MmioDevice {
       case UPCALL_REG.MAP_DIR_HI:
         s.set(W.MAP_DIR_HI, value);
         return undefined;
+      case UPCALL_REG.COPY_ADDR_LO:
+        s.set(W.COPY_ADDR_LO, value);
+        return undefined;
+      case UPCALL_REG.COPY_ADDR_HI:
+        s.set(W.COPY_ADDR_HI, value);
+        return undefined;
+      case UPCALL_REG.COPY_LEN:
+        s.set(W.COPY_LEN, value);
+        return undefined;
+      case UPCALL_REG.COPY: {
+        // Synchronous, like AFFINITY: when the guest's write retires the bytes are in its RAM.
+        const result = s.copyProgram(value, this.options.memory);
+        s.set(W.COPY_STATUS, result);
+        s.count(result < 0 ? 'copyErrors' : 'copies');
+        return undefined;
+      }
       case UPCALL_REG.ACK:
         return this.ack(value);
       default:

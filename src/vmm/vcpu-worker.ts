@@ -46,7 +46,8 @@ bus.addPio(PORT.debugExit, 1, new DebugExit());
 bus.addPio(PORT.park, 1, new Park());
 
 // The upcall device: every vCPU thread decodes its own accesses against the one shared state,
-// and pins vCPU threads itself (AFFINITY answers within the guest's write), by their published tids.
+// pins vCPU threads itself (AFFINITY answers within the guest's write), by their published tids,
+// and copies programs into guest RAM itself (COPY, likewise).
 if (data.upcall) {
   const state = UpcallState.attach(data.upcall.state);
   state.publishTid(data.cpu, gettid());
@@ -54,6 +55,7 @@ if (data.upcall) {
     notify: (event) => post({ type: 'upcall', event }),
     policy: data.upcall.policy,
     pin: (tid, cpu) => schedSetaffinity(tid, [cpu]),
+    memory,
   }));
 }
 

@@ -22,6 +22,7 @@ import {
 import { Channel, channelBytes, formatChannel } from '../channel/channel.js';
 import { isValidCapacity } from '../channel/channel-layout.js';
 import { ChannelSignals, Notifier, Poller, type PollerOptions } from '../channel/notifier.js';
+import { GuestMapError, readMapDirectory, type GuestBpfMap } from '../bpf/guest-maps.js';
 import { startControlServer, type ControlServer } from '../control/control-server.js';
 import { vmPaths } from '../control/runtime-dir.js';
 import { CAP, DIRTY_LOG_INITIALLY_SET, DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM, MEM_LOG_DIRTY_PAGES } from '../kvm/ioctls.js';
@@ -724,6 +725,15 @@ export class Vm extends EventEmitter {
    */
   pinVcpu(cpu: number, hostCpus: readonly number[]): void {
     sys.schedSetaffinity(this.vcpuThreadId(cpu), hostCpus);
+  }
+
+  /**
+   * The guest eBPF runtime's maps, read from the directory the guest published through the upcall
+   * device (docs/bpf-runtime.md). Throws GuestMapError when there is none yet (or no device).
+   */
+  bpfMaps(): GuestBpfMap[] {
+    if (!this.upcall) throw new GuestMapError('this VM has no upcall device, so no eBPF maps');
+    return readMapDirectory(this.memory, this.upcall.mapDirectory());
   }
 
   /** The kernel thread id of vCPU `cpu`'s thread (as in /proc/self/task/<tid>), once it runs. */

@@ -42,8 +42,8 @@ test('bench bpf, one round: figures from every runtime available here', async (t
   }
   if (kvmSkipReason() === undefined) {
     const up = r.upcall_latency_us!;
-    // one MMIO exit per 4 image bytes: the bigger image must take longer
-    assert.ok(up.minimal_us > 0 && up.policy_us > up.minimal_us && up.policy_bytes > up.minimal_bytes, JSON.stringify(up));
+    // With COPY the image's size hardly matters (a fixed number of MMIO exits): no order between the two.
+    assert.ok(up.minimal_us > 0 && up.policy_us > 0 && up.policy_bytes > up.minimal_bytes && up.samples >= 10, JSON.stringify(up));
   } else assert.equal(r.upcall_latency_us, null);
   if (r.skipped.guest) console.log(`note: guest runtime part skipped: ${r.skipped.guest}`);
   if (r.skipped.kernel) console.log(`note: kernel part skipped: ${r.skipped.kernel}`);

@@ -5,7 +5,10 @@
  * The maps the programs update are read from guest memory by the host.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Channel } from '../../src/channel/channel.js';
 import { readMapDirectory } from '../../src/bpf/guest-maps.js';
 import { findHook } from '../../src/bpf/hooks.js';
@@ -28,13 +31,28 @@ const COUNT_PROLOGUE = (map: string) => `
   r1 = 1
   lock *(u64 *)(r0 + 0) += r1`;
 
-/** Timer: [ticks seen, last tick number, last vCPU]. */
+/**
+ * Timer: [ticks seen, last tick number, last vCPU], and seen[vcpu] = tick in a hash map (whose
+ * lock the guest's main loop holds most of the time: see bpf-hooks.c).
+ */
 const TIMER = `.map ticks array 4 24 1
+.map seen hash 4 8 8
 ${COUNT_PROLOGUE('ticks')}
   r1 = *(u64 *)(r6 + 0)
   *(u64 *)(r0 + 8) = r1
   r1 = *(u32 *)(r6 + 8)
   *(u64 *)(r0 + 16) = r1
+  r1 = *(u32 *)(r6 + 8)
+  *(u32 *)(r10 - 8) = r1
+  r1 = *(u64 *)(r6 + 0)
+  *(u64 *)(r10 - 16) = r1
+  r1 = map(seen) ll
+  r2 = r10
+  r2 += -8
+  r3 = r10
+  r3 += -16
+  r4 = 0
+  call 2
 out:
   r0 = 0
   exit`;
@@ -52,6 +70,9 @@ out:
   r0 = 0
   exit`;
 
+const BIN = fileURLToPath(new URL('../../../bin/kvmtalk.js', import.meta.url));
+const kvmtalk = (...args: string[]) => promisify(execFile)(process.execPath, [BIN, ...args], { timeout: 20_000 });
+
 const u64s = (v: Uint8Array) => Array.from({ length: v.length / 8 }, (_, i) => new DataView(v.buffer, v.byteOffset).getBigUint64(i * 8, true));
 
 test('timer and channel-rx hooks run injected programs; the host reads their maps', async (t) => {
@@ -61,6 +82,7 @@ test('timer and channel-rx hooks run injected programs; the host reads their map
   const messages = [new Uint8Array(10).fill(7), new Uint8Array(300).fill(9), new Uint8Array([42, 1, 2])];
   let loads: LoadStatus[] = [];
   let maps: Record<string, bigint[]> = {};
+  let seen: [number, bigint][] = [];
   const r = await bootGuest('tests', 'bpf-hooks', { interrupts: true, upcall: true, control: false }, {}, {
     setup: (vm) => {
       let channel: Channel | undefined;
@@ -77,15 +99,58 @@ test('timer and channel-rx hooks run injected programs; the host reads their map
       await run;
       const dir = readMapDirectory(vm.memory, vm.upcall!.mapDirectory());
       maps = Object.fromEntries(dir.map((m) => [m.info.name, u64s(m.lookup(new Uint8Array(4))!)]));
+      seen = dir.find((m) => m.info.name === 'seen')!.entries().map(([k, v]) => [new DataView(k.buffer).getUint32(0, true), u64s(v)[0]!]);
     },
   });
   assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
   assert.deepEqual(loads.map((l) => l.status), [0, 0]);
+  // The timer program's entry (vCPU 0 → its last tick) next to the main loop's key 1000.
+  assert.deepEqual(seen.sort((a, b) => a[0] - b[0]).map(([k]) => k), [0, 1000]);
+  assert.equal(seen.find(([k]) => k === 0)![1], maps.ticks![1], 'seen[0] is the last tick the program ran on');
+  assert.match(r.console, /\d+ timer ticks, \d+ skipped inside a map lock/);
   const [ticks, lastTick, vcpu] = maps.ticks!;
   assert.ok(ticks! >= 5n, `timer program ran ${ticks} times`);
   assert.equal(lastTick, ticks, 'the context carries the tick number');
   assert.equal(vcpu, 0n);
   assert.deepEqual(maps.rx, [3n, 313n, 42n, 3n], 'messages, bytes, first byte of the last, its seq');
+});
+
+test('kvmtalk bpf maps / map-update from another process: the host reads a running guest\'s maps and its update is what the program adds to', async (t) => {
+  if (!requireKvm(t)) return;
+  const name = `bpf-maps-${process.pid}`;
+  let listing: unknown;
+  let maps: Record<string, bigint[]> = {};
+  const r = await bootGuest('tests', 'bpf-hooks', { interrupts: true, upcall: true, name }, {}, {
+    setup: (vm) => {
+      let channel: Channel | undefined;
+      vm.on('channel', (ch: Channel) => (channel = ch));
+      vm.handleHypercall(256, () => {
+        // The guest waits for messages now: read and change its maps from a separate process first.
+        setImmediate(() => void (async () => {
+          listing = JSON.parse((await kvmtalk('bpf', 'maps', name, '--json')).stdout);
+          await kvmtalk('bpf', 'map-update', name, 'rx', 'u32:0', `${'64'.padEnd(16, '0')}${'0'.repeat(48)}`);
+          for (const m of [new Uint8Array([5, 6]), new Uint8Array([1]), new Uint8Array([2, 3])]) await channel!.send(m);
+        })());
+        return 0;
+      });
+    },
+    during: async (vm, run) => {
+      for (const [hook, text] of [[findHook('timer'), TIMER], [findHook('channel-rx'), CHANNEL_RX]] as const) {
+        assert.equal((await vm.upcall!.deliver(encodeImage(imageFromAssembly(text)), hook.id)).status, 0);
+      }
+      await run;
+      maps = Object.fromEntries(vm.bpfMaps().map((m) => [m.info.name, u64s(m.lookup(new Uint8Array(4))!)]));
+    },
+  });
+  assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
+  const list = listing as { name: string; type: number; size: number; entries: [string, string][] }[];
+  assert.deepEqual(list.map((m) => [m.name, m.type, m.size]), [['ticks', 2, 1], ['seen', 1, 2], ['rx', 2, 1]]);
+  const ticks = Buffer.from(list[0]!.entries[0]![1], 'hex').readBigUInt64LE(0);
+  assert.ok(ticks >= 5n, `the listing shows the timer program's count (${ticks})`);
+  assert.equal(list[2]!.entries[0]![1], '0'.repeat(64), 'no message yet when listed');
+  // 100 written by the host, then 3 messages counted by the program on top of it.
+  assert.equal(maps.rx![0], 103n);
+  assert.equal(maps.rx![1], 5n, 'bytes of the 3 messages');
 });
 
 test('the seed flow: inject at the affinity hook, guest requests, map updated, AFFINITY relayed, thread pinned, map read back', async (t) => {

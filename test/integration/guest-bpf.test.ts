@@ -37,6 +37,29 @@ none:
   r0 = 99
   exit`;
 const REFUSED = 'r0 = 1\nr0 += r3\nexit';
+// Array lookups the JIT inlines: index max_entries - 1 (found: a marker goes 8 bytes into it, so
+// the host sees the stride of 16 for 12-byte values), max_entries and 0x11223344 (both NULL).
+const GRID: ImageMap = { name: 'grid', type: 2, keySize: 4, valueSize: 12, maxEntries: 3 };
+const lookupKey = (key: string) => `*(u32 *)(r10 - 4) = ${key}\nr2 = r10\nr2 += -4\nr1 = map_by_fd(0) ll\ncall 1`;
+const ARRAY_EDGES = `
+  r6 = *(u32 *)(r1 + 0)
+  r7 = 0
+  ${lookupKey('2')}
+  if r0 == 0 goto k3
+  r7 |= 1
+  r1 = 0xabcd1234
+  *(u32 *)(r0 + 8) = r1
+k3:
+  ${lookupKey('3')}
+  if r0 == 0 goto big
+  r7 |= 2
+big:
+  ${lookupKey('r6')}
+  if r0 == 0 goto out
+  r7 |= 4
+out:
+  r0 = r7
+  exit`;
 
 test('guest eBPF runtime: images from the host run in the guest, r0s and maps checked from the host', async (t) => {
   if (!requireKvm(t)) return;
@@ -44,8 +67,9 @@ test('guest eBPF runtime: images from the host run in the guest, r0s and maps ch
     ...PURE.map((s) => encodeImage({ maps: [], insns: assemble(s) })),
     encodeImage({ maps: [HITS], insns: assemble(COUNTER) }),
     encodeImage({ maps: [], insns: assemble(REFUSED) }),
+    encodeImage({ maps: [GRID], insns: assemble(ARRAY_EDGES) }),
   ];
-  let directory: { magic: number; count: number; names: string[]; hits: bigint } | undefined;
+  let directory: { magic: number; count: number; names: string[]; hits: bigint; grid: string } | undefined;
   const r = await bootGuest('tests', 'bpf-runtime', {}, {}, {
     setup: (vm) => {
       vm.handleHypercall(256, (c) => {
@@ -60,29 +84,34 @@ test('guest eBPF runtime: images from the host run in the guest, r0s and maps ch
         const count = c.memory.readU32(at + 12n);
         const names: string[] = [];
         let hits = -1n;
+        let grid = '';
         for (let i = 0n; i < BigInt(Math.min(count, 64)); i++) {
           const e = at + 64n + 64n * i;
           const name = c.memory.readString(e, 16).replace(/\0+$/, '');
           names.push(name);
           if (name === 'hits') hits = c.memory.readU64(c.memory.readU64(e + 32n) + 8n); // value 1, stride 8
+          if (name === 'grid') grid = Buffer.from(c.memory.read(c.memory.readU64(e + 32n), 48)).toString('hex');
         }
-        directory = { magic: c.memory.readU32(at), count, names, hits };
+        directory = { magic: c.memory.readU32(at), count, names, hits, grid };
         return 0;
       });
     },
   });
   assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
   assert.match(r.console, /bpf-runtime: 0 failures/);
-  for (const i of [0, 1, 2]) assert.match(r.console, new RegExp(`image ${i}: jitted`), 'the JIT compiled it');
+  for (const i of [0, 1, 2, 4]) assert.match(r.console, new RegExp(`image ${i}: jitted`), 'the JIT compiled it');
   const values = r.events.values.map((v) => v.value);
   const ts = (s: string) => new BpfInterpreter(encodeProgram(assemble(s))).run({ memory: CTX.slice() }).r0;
   const want = [
     ...PURE.flatMap((s) => [0n, ts(s), ts(s)]),
     0n, 1n, 2n, // the counter: run, then interpreted, sharing the map
     BigInt.asUintN(64, -22n), 1n, // refused: r3 read before it is written, at pc 1
+    0n, 1n, 1n, // array edges: only index 2 is found, by the JIT's inlined lookup and the interpreter
     ts(PURE[0]!), // the affinity hook
   ];
   assert.deepEqual(values, want, r.console);
-  assert.deepEqual(directory, { magic: 0x4d42544b, count: 1, names: ['hits'], hits: 2n });
+  const grid = Buffer.alloc(48);
+  grid.writeUInt32LE(0xabcd1234, 2 * 16 + 8); // value 2 starts at 2 × round_up(12, 8)
+  assert.deepEqual(directory, { magic: 0x4d42544b, count: 2, names: ['hits', 'grid'], hits: 2n, grid: grid.toString('hex') });
   console.log(`# ${r.console.trim().split('\n').join('\n# ')}`);
 });

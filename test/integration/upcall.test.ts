@@ -20,6 +20,10 @@ import { Vm, type VmOptions } from '../../src/vmm/vm.js';
 import { bootGuest, requireKvm, waitFor } from '../helpers/kvm.js';
 
 const MODE = { SERVE: 1, NEVER_ACK: 2, AFFINITY: 3, FUZZ: 4 } as const;
+/** Config bit: the guest driver reads programs through the DATA window instead of COPY. */
+const WINDOW = 1 << 24;
+/** Guest RAM of the fuzz test's VM, in MiB (the guest aims its hostile COPYs around its end). */
+const FUZZ_RAM_MIB = 64;
 
 function fnv1a(bytes: Uint8Array): number {
   let h = 0x811c9dc5;
@@ -37,10 +41,10 @@ interface Loaded {
  * Answers upcall-driver.c's hypercalls: `mode`/`count` for its config, each load recorded in
  * `loads` and answered by `answer` (status, pc), unloads in `unloads`, readiness in `ready`.
  */
-function driver(mode: number, count: number, answer: (l: Loaded) => { status: number; pc?: number } = () => ({ status: 0 })) {
-  const g = { loads: [] as Loaded[], unloads: [] as number[], values: [] as bigint[] };
+function driver(mode: number, count: number, answer: (l: Loaded) => { status: number; pc?: number } = () => ({ status: 0 }), flags = 0) {
+  const g = { loads: [] as Loaded[], unloads: [] as number[], values: [] as bigint[], fuzz: [] as bigint[] };
   const setup = (vm: Vm) => {
-    vm.handleHypercall(256, () => BigInt(mode | (count << 8)));
+    vm.handleHypercall(256, () => BigInt(mode | (count << 8) | flags) | (BigInt(FUZZ_RAM_MIB) << 32n));
     vm.handleHypercall(257, (c) => {
       const l = { hook: Number(c.a0), len: Number(c.a1), sum: Number(c.a2) };
       g.loads.push(l);
@@ -51,6 +55,7 @@ function driver(mode: number, count: number, answer: (l: Loaded) => { status: nu
       g.unloads.push(Number(c.a0));
       return -2; // -ENOENT
     });
+    vm.handleHypercall(261, (c) => void g.fuzz.push(c.a0, c.a1, c.a2));
     vm.on('value', (p: { value: bigint }) => g.values.push(p.value));
   };
   return { g, setup, ready: () => waitFor(() => g.values.includes(1n), 10_000, 'the guest driver to be ready') };
@@ -68,30 +73,45 @@ function image(len: number, seed: number): Uint8Array {
 
 const VM: VmOptions = { interrupts: true, upcall: true, control: false };
 
-test('vm.upcall.deliver: the guest copies the program (checksum), answers status and pc; queued commands in order', async (t) => {
-  if (!requireKvm(t)) return;
-  const images = [image(5000, 1), image(8, 2), image(33_296, 3)];
-  const d = driver(MODE.SERVE, 4, (l) => (l.hook === 2 ? { status: -22, pc: 17 } : { status: 0 }));
-  let results: LoadStatus[] = [];
-  const r = await bootGuest('tests', 'upcall-driver', VM, {}, {
-    setup: d.setup,
-    during: async (vm) => {
-      await d.ready();
-      // Queued before the guest answers the first: the host posts each after the previous ACK.
-      results = await Promise.all([...images.map((img, i) => vm.upcall!.deliver(img, i + 1)), vm.upcall!.unload(9)]);
-      assert.equal(vm.upcall!.counters.acks, 4);
-    },
+for (const path of ['COPY', 'window'] as const) {
+  test(`vm.upcall.deliver (${path}): the guest gets the program (checksum), answers status and pc; queued commands in order`, async (t) => {
+    if (!requireKvm(t)) return;
+    const images = [image(5000, 1), image(8, 2), image(33_296, 3)];
+    const d = driver(MODE.SERVE, 4, (l) => (l.hook === 2 ? { status: -22, pc: 17 } : { status: 0 }), path === 'window' ? WINDOW : 0);
+    let results: LoadStatus[] = [];
+    let counters: NonNullable<Vm['upcall']>['counters'] | undefined;
+    const r = await bootGuest('tests', 'upcall-driver', VM, {}, {
+      setup: d.setup,
+      during: async (vm) => {
+        await d.ready();
+        // Queued before the guest answers the first: the host posts each after the previous ACK.
+        results = await Promise.all([...images.map((img, i) => vm.upcall!.deliver(img, i + 1)), vm.upcall!.unload(9)]);
+        counters = vm.upcall!.counters;
+      },
+    });
+    assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
+    assert.deepEqual(d.g.loads, images.map((img, i) => ({ hook: i + 1, len: img.length, sum: fnv1a(img) })));
+    assert.deepEqual(d.g.unloads, [9]);
+    assert.deepEqual(results, [
+      { status: 0, pc: null, seq: 1 },
+      { status: -22, pc: 17, seq: 2 },
+      { status: 0, pc: null, seq: 3 },
+      { status: -2, pc: null, seq: 4 },
+    ]);
+    const c = counters!;
+    assert.equal(c.acks, 4);
+    assert.equal(c.copyErrors, 0);
+    // COPY: one write per program. Window: one read per 4 bytes, and no COPY.
+    const windowReads = images.reduce((n, img) => n + Math.ceil(img.length / 4), 0);
+    if (path === 'COPY') {
+      assert.equal(c.copies, 3);
+      assert.ok(c.reads + c.writes < 100, `${c.reads} reads, ${c.writes} writes`);
+    } else {
+      assert.equal(c.copies, 0);
+      assert.ok(c.reads >= windowReads, `${c.reads} reads, expected at least ${windowReads}`);
+    }
   });
-  assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
-  assert.deepEqual(d.g.loads, images.map((img, i) => ({ hook: i + 1, len: img.length, sum: fnv1a(img) })));
-  assert.deepEqual(d.g.unloads, [9]);
-  assert.deepEqual(results, [
-    { status: 0, pc: null, seq: 1 },
-    { status: -22, pc: 17, seq: 2 },
-    { status: 0, pc: null, seq: 3 },
-    { status: -2, pc: null, seq: 4 },
-  ]);
-});
+}
 
 test('a guest that never ACKs: the command times out, and the guest sees it cancelled', async (t) => {
   if (!requireKvm(t)) return;
@@ -246,28 +266,39 @@ test('kvmtalk inject and upcall unload: host verification first, then the guest\
   assert.deepEqual(d.g.unloads, [3]);
 });
 
-test('fuzz: a guest writing random values of random sizes all over the page; the VM survives and the device still works', async (t) => {
-  if (!requireKvm(t)) return;
-  const mine = schedGetaffinity(0);
-  const d = driver(MODE.FUZZ, 4);
-  const img = image(3000, 6);
-  let result: LoadStatus | undefined;
-  let counters: NonNullable<Vm['upcall']>['counters'] | undefined;
-  const r = await bootGuest('tests', 'upcall-driver', { ...VM, upcall: { allowedCpus: [mine[0]!] } }, {}, {
-    setup: d.setup,
-    during: async (vm) => {
-      await d.ready();
-      result = await vm.upcall!.deliver(img, 3);
-      counters = vm.upcall!.counters;
-    },
+for (const path of ['COPY', 'window'] as const) {
+  test(`fuzz (${path}): random accesses all over the page and hostile COPYs while a command is pending; the VM survives and the device still works`, async (t) => {
+    if (!requireKvm(t)) return;
+    const mine = schedGetaffinity(0);
+    const d = driver(MODE.FUZZ, 4, undefined, path === 'window' ? WINDOW : 0);
+    const img = image(3000, 6);
+    let result: LoadStatus | undefined;
+    let counters: NonNullable<Vm['upcall']>['counters'] | undefined;
+    const r = await bootGuest('tests', 'upcall-driver', { ...VM, memory: FUZZ_RAM_MIB * 2 ** 20, upcall: { allowedCpus: [mine[0]!] } }, {}, {
+      setup: d.setup,
+      during: async (vm) => {
+        await d.ready();
+        result = await vm.upcall!.deliver(img, 3);
+        counters = vm.upcall!.counters;
+      },
+    });
+    assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
+    assert.deepEqual(result, { status: 0, pc: null, seq: 1 });
+    assert.deepEqual(d.g.loads, [{ hook: 3, len: 3000, sum: fnv1a(img) }]);
+    // The guest's own account of its hostile COPYs: some copied (into its scratch buffer, the
+    // right bytes), every refusal was the errno it expected.
+    const [copies, surprises, scratchSum] = d.g.fuzz;
+    assert.equal(surprises, 0n, r.console);
+    assert.ok(copies! > 0n, `copies ${copies}`);
+    assert.equal(scratchSum, BigInt(fnv1a(img)));
+    const c = counters!;
+    assert.ok(c.reads + c.writes >= 4000, `accesses ${c.reads + c.writes}`);
+    assert.ok(c.badSize > 300 && c.badOffset > 0 && c.readOnlyWrites > 0 && c.staleAcks > 0 && c.affinityRequests > 0, JSON.stringify(c));
+    assert.ok(c.copyErrors > 50, JSON.stringify(c));
+    // Serving the command afterwards: one more COPY, or none through the window.
+    assert.equal(c.copies, Number(copies) + (path === 'COPY' ? 1 : 0));
   });
-  assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
-  assert.deepEqual(result, { status: 0, pc: null, seq: 1 });
-  assert.deepEqual(d.g.loads, [{ hook: 3, len: 3000, sum: fnv1a(img) }]);
-  const c = counters!;
-  assert.ok(c.reads + c.writes >= 4000, `accesses ${c.reads + c.writes}`);
-  assert.ok(c.badSize > 300 && c.badOffset > 0 && c.readOnlyWrites > 0 && c.staleAcks > 0 && c.affinityRequests > 0, JSON.stringify(c));
-});
+}
 
 test('upcall options are checked: interrupts required, RAM below the device page', (t) => {
   if (!requireKvm(t)) return;

@@ -6,14 +6,19 @@
  * argument (BPF_MEMORY_BASE), so pointers into it are the same in both and results compare
  * bit for bit.
  *
- *   bpf-jit-host run [CAP] stdin: records; prints "ok <r0> <code bytes> <memory hex>" or
- *                          "err <code>" per record; CAP bounds the code buffer (default 1 MiB)
+ *   bpf-jit-host run [CAP] stdin: records; prints "ok <r0> <code bytes> <memory hex> <helper 1
+ *                          calls>" or "err <code>" per record; CAP bounds the code buffer
+ *                          (default 1 MiB)
  *   bpf-jit-host bench N   stdin: records; prints "bench <compile ns> <run ns> <r0>", run
  *                          time averaged over N calls
  *   bpf-jit-host native NAME N
  *                          times the C version of a benchmark program: "native <ns> <r0>"
  *
- * A record is u32 slots, u32 memory bytes, the instructions (8 bytes a slot), the memory.
+ * A record is u32 slots, u32 memory bytes, u32 maps, the instructions (8 bytes a slot), the
+ * memory, then for each map u64 handle, u64 data, u32 value_size, u32 max_entries, and when there
+ * are maps one byte per slot: 0, or k to inline the lookup there as map k - 1. Without maps the
+ * program goes to kt_bpf_jit_compile, with them to kt_bpf_jit_compile_inline. Helper 1 is an
+ * array lookup when r1 is a map's handle (the layout of docs/bpf-runtime.md), else h_mix.
  */
 #define _GNU_SOURCE
 #include <stdint.h>
@@ -29,9 +34,17 @@
 #define MEM_MAX 65536
 #define CODE_MAX (1u << 20)
 #define MAX_SLOTS 8192
+#define MAX_MAPS 16
 
 static uint8_t *mem;
 static uint8_t *code;
+
+/* The current record's array maps and the lookups to inline. */
+static uint64_t map_handle[MAX_MAPS];
+static struct kt_bpf_jit_array maps[MAX_MAPS];
+static uint32_t nmaps;
+static const struct kt_bpf_jit_array *sites[MAX_SLOTS];
+static unsigned long lookup_calls;
 
 /* Test helpers: the TS side implements the same functions. */
 static uint64_t h_mix(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e)
@@ -55,10 +68,24 @@ static uint64_t h_store(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t
 	return a - MEM_BASE;
 }
 
+/* map_lookup_elem for the record's maps (key: a u32 the program put on its stack), else h_mix. */
+static uint64_t h_lookup(uint64_t a, uint64_t b, uint64_t c, uint64_t d, uint64_t e)
+{
+	lookup_calls++;
+	for (uint32_t k = 0; k < nmaps; k++) {
+		if (map_handle[k] != a)
+			continue;
+		uint32_t key;
+		memcpy(&key, (const void *)(uintptr_t)b, 4);
+		return key < maps[k].max_entries ? maps[k].data + (uint64_t)key * ((maps[k].value_size + 7ull) & ~7ull) : 0;
+	}
+	return h_mix(a, b, c, d, e);
+}
+
 static kt_bpf_helper_fn helper(int32_t id)
 {
 	switch (id) {
-	case 1: return h_mix;
+	case 1: return h_lookup;
 	case 2: return h_const;
 	case 3: return h_store;
 	default: return NULL;
@@ -78,24 +105,46 @@ static int read_exact(void *p, size_t n)
 	return fread(p, 1, n, stdin) == n;
 }
 
-/* Reads one record into insns/mem; 0 at a clean end of input. */
+/* Reads one record into insns/mem/maps/sites; 0 at a clean end of input. */
 static int read_record(struct kt_bpf_insn *insns, uint32_t *slots, uint32_t *mem_len)
 {
-	uint32_t hdr[2];
+	uint32_t hdr[3];
+	uint8_t site[MAX_SLOTS];
 
 	if (!read_exact(hdr, sizeof(hdr)))
 		return 0;
-	if (hdr[0] > MAX_SLOTS || hdr[1] > MEM_MAX) {
-		fprintf(stderr, "bad record: %u slots, %u bytes\n", hdr[0], hdr[1]);
+	if (hdr[0] > MAX_SLOTS || hdr[1] > MEM_MAX || hdr[2] > MAX_MAPS) {
+		fprintf(stderr, "bad record: %u slots, %u bytes, %u maps\n", hdr[0], hdr[1], hdr[2]);
 		exit(2);
 	}
 	if (!read_exact(insns, hdr[0] * 8u) || !read_exact(mem, hdr[1])) {
 		fprintf(stderr, "truncated record\n");
 		exit(2);
 	}
+	nmaps = hdr[2];
+	for (uint32_t k = 0; k < nmaps; k++) {
+		if (!read_exact(&map_handle[k], 8) || !read_exact(&maps[k].data, 8) || !read_exact(&maps[k].value_size, 4) ||
+		    !read_exact(&maps[k].max_entries, 4)) {
+			fprintf(stderr, "truncated record\n");
+			exit(2);
+		}
+	}
+	if (nmaps && !read_exact(site, hdr[0])) {
+		fprintf(stderr, "truncated record\n");
+		exit(2);
+	}
+	for (uint32_t i = 0; i < hdr[0]; i++)
+		sites[i] = nmaps && site[i] && site[i] <= nmaps ? &maps[site[i] - 1] : NULL;
 	*slots = hdr[0];
 	*mem_len = hdr[1];
 	return 1;
+}
+
+static long compile(const struct kt_bpf_insn *insns, uint32_t slots, unsigned long cap)
+{
+	if (!nmaps)
+		return kt_bpf_jit_compile(insns, slots, helper, code, cap);
+	return kt_bpf_jit_compile_inline(insns, slots, helper, sites, code, cap);
 }
 
 static void run_all(unsigned long cap)
@@ -104,17 +153,19 @@ static void run_all(unsigned long cap)
 	uint32_t slots, mem_len;
 
 	while (read_record(insns, &slots, &mem_len)) {
-		long len = kt_bpf_jit_compile(insns, slots, helper, code, cap);
+		long len = compile(insns, slots, cap);
 
 		if (len < 0) {
 			printf("err %ld\n", len);
 		} else {
-			uint64_t r0 = ((kt_bpf_jit_fn)code)(mem);
+			uint64_t r0;
 
+			lookup_calls = 0;
+			r0 = ((kt_bpf_jit_fn)code)(mem);
 			printf("ok %016llx %ld ", (unsigned long long)r0, len);
 			for (uint32_t i = 0; i < mem_len; i++)
 				printf("%02x", mem[i]);
-			printf("\n");
+			printf(" %lu\n", lookup_calls);
 		}
 		fflush(stdout);
 	}
@@ -132,7 +183,7 @@ static void bench(long iters)
 		/* Compile repeatedly for about 20 ms. */
 		t0 = now_ns();
 		do {
-			len = kt_bpf_jit_compile(insns, slots, helper, code, CODE_MAX);
+			len = compile(insns, slots, CODE_MAX);
 			compiles++;
 			t1 = now_ns();
 		} while (len >= 0 && t1 - t0 < 20000000u);

@@ -17,6 +17,8 @@
  *   dir                            → dir ADDRESS BYTES (header + used entries)
  *   storage NAME                   → mem BYTES   (the `bytes` at `data` of NAME's directory entry)
  *   budget N                       → ok   (the verifier's instruction budget from now on)
+ *   sites                          → sites PC=MAP:VALUE_SIZE:MAX_ENTRIES ... | sites -
+ *                                    (the lookups the last load asked the JIT to inline)
  *
  * Byte strings are hex ("-" for none), numbers decimal, addresses 0x-hex. Helpers here are
  * deterministic stand-ins for the guest-only ones: 5 counts up from 1000, 7 is xorshift32 from
@@ -33,6 +35,13 @@
 
 /* ---- shims for what the core takes from the rest of the SDK ---- */
 
+uint32_t kt_bpf__locks_held[KT_MAX_CPUS];
+
+unsigned kt_bpf__cpu(void)
+{
+	return 0;
+}
+
 int kt_vsnprintf(char *buf, size_t size, const char *fmt, va_list ap)
 {
 	return vsnprintf(buf, size, fmt, ap);
@@ -47,11 +56,22 @@ int kt_snprintf(char *buf, size_t size, const char *fmt, ...)
 	return n;
 }
 
-/* Host memory is not executable: every program is interpreted here. */
-long kt_bpf_jit_compile(const struct kt_bpf_insn *insns, uint32_t n, kt_bpf_helper_fn (*helper)(int32_t id), uint8_t *code,
-			unsigned long cap)
+/* What the runtime asked the JIT to inline on the last compile: "sites" prints it. */
+static struct kt_bpf_jit_array jit_sites[KT_BPF_MAX_INSNS];
+static uint8_t jit_inline[KT_BPF_MAX_INSNS];
+static uint32_t jit_n;
+
+/* Host memory is not executable: every program is interpreted here; the JIT's input is kept. */
+long kt_bpf_jit_compile_inline(const struct kt_bpf_insn *insns, uint32_t n, kt_bpf_helper_fn (*helper)(int32_t id),
+			       const struct kt_bpf_jit_array *const *arrays, uint8_t *code, unsigned long cap)
 {
-	(void)insns, (void)n, (void)helper, (void)code, (void)cap;
+	(void)insns, (void)helper, (void)code, (void)cap;
+	jit_n = n;
+	for (uint32_t pc = 0; pc < n; pc++) {
+		jit_inline[pc] = arrays && arrays[pc];
+		if (jit_inline[pc])
+			jit_sites[pc] = *arrays[pc];
+	}
 	return -KT_EOPNOTSUPP;
 }
 
@@ -263,6 +283,23 @@ static int command(char **a, int n)
 		printf("dir 0x%llx ", (unsigned long long)(uintptr_t)d);
 		hex(d, 64 + 64 * (size_t)count);
 		putchar('\n');
+	} else if (!strcmp(a[0], "sites") && n == 1) {
+		/* "sites PC=NAME:VALUE_SIZE:MAX_ENTRIES ..." (NAME: the map whose storage it is) or "sites -" */
+		const uint8_t *d = (const uint8_t *)(uintptr_t)kt_bpf_map_directory();
+		uint32_t count, shown = 0;
+		memcpy(&count, d + 12, 4);
+		printf("sites");
+		for (uint32_t pc = 0; pc < jit_n; pc++) {
+			if (!jit_inline[pc])
+				continue;
+			const struct kt_bpf_map *m = (const struct kt_bpf_map *)(d + 64);
+			uint32_t k = 0;
+			while (k < count && m[k].data != jit_sites[pc].data)
+				k++;
+			printf(" %u=%s:%u:%u", pc, k < count ? m[k].name : "?", jit_sites[pc].value_size, jit_sites[pc].max_entries);
+			shown++;
+		}
+		printf("%s\n", shown ? "" : " -");
 	} else if (!strcmp(a[0], "budget") && n == 2) {
 		kt_bpf__verify_budget = (uint32_t)strtoul(a[1], NULL, 10);
 		printf("ok\n");

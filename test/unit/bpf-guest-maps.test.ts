@@ -105,3 +105,35 @@ describe('guest map directory (host side)', () => {
     }
   });
 });
+
+describe('kvmtalk bpf maps: arguments and listing', () => {
+  it('parses keys and values as hex or little-endian numbers, and refuses the rest', async () => {
+    const { parseBytes } = await import('../../src/cli/commands/bpf.js');
+    assert.equal(parseBytes('u32:1', 'key'), '01000000');
+    assert.equal(parseBytes('u64:0x100', 'value'), '0001000000000000');
+    assert.equal(parseBytes('0A:0b', 'key'), '0a0b');
+    assert.throws(() => parseBytes('u8:256', 'key'), /does not fit in 8 bits/);
+    assert.throws(() => parseBytes('abc', 'value'), /neither hex bytes/);
+    assert.throws(() => parseBytes('', 'value'), /neither hex bytes/);
+  });
+
+  it('lists maps with numbers for small values and hides all-zero array entries', async () => {
+    const { formatMaps } = await import('../../src/cli/commands/bpf.js');
+    const text = formatMaps([
+      { name: 'pins', type: 2, keySize: 4, valueSize: 8, maxEntries: 3, size: 3, truncated: 0,
+        entries: [['00000000', '0200000000000000'], ['01000000', '0000000000000000'], ['02000000', '0300000000000000']] },
+      { name: 'seen', type: 1, keySize: 6, valueSize: 8, maxEntries: 4, size: 1, truncated: 2, entries: [['616263646566', '2a00000000000000']] },
+    ]);
+    assert.equal(text, [
+      'pins: array, key 4 B, value 8 B, 3/3 entries',
+      '  0 (00000000) → 2 (0200000000000000)',
+      '  2 (02000000) → 3 (0300000000000000)',
+      '  (1 all-zero entries not shown; --all shows them)',
+      'seen: hash, key 6 B, value 8 B, 1/4 entries',
+      '  616263646566 → 42 (2a00000000000000)',
+      '  (2 more entries not listed; --max raises the limit)',
+      '',
+    ].join('\n'));
+    assert.equal(formatMaps([]), 'no maps yet (the guest has created none)\n');
+  });
+});

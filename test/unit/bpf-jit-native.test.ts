@@ -47,9 +47,29 @@ const slots = (code: Insn[]) => code.reduce((n, i) => n + i.length / 8, 0);
 
 // ---------------------------------------------------------------- the two sides
 
+/** An array map of a case: r1 = handle at a lookup; values at data + i * round_up(valueSize, 8). */
+interface ArrayMap {
+  handle: bigint;
+  data: bigint;
+  valueSize: number;
+  maxEntries: number;
+}
+
+const mix: BpfHelper = (a, b, c, d, e) => u64(((a ^ u64(b << 1n)) + c * 3n - (d >> 2n)) ^ u64(e + 0x1234n));
+
+/** Helper 1 as the harness has it: an array lookup when r1 is one of maps' handles, else mix. */
+function lookupOrMix(maps: ArrayMap[]): BpfHelper {
+  return (a, b, c, d, e, ctx) => {
+    const m = maps.find((x) => x.handle === a);
+    if (!m) return mix(a, b, c, d, e, ctx);
+    const key = new DataView(ctx.read(b, 4).slice().buffer).getUint32(0, true);
+    return key < m.maxEntries ? u64(m.data + BigInt(key) * BigInt((m.valueSize + 7) & ~7)) : 0n;
+  };
+}
+
 /** The harness's helpers (same ids, same arithmetic). */
 const HELPERS = new Map<number, BpfHelper>([
-  [1, (a, b, c, d, e) => u64(((a ^ u64(b << 1n)) + c * 3n - (d >> 2n)) ^ u64(e + 0x1234n))],
+  [1, mix],
   [2, () => 42n],
   [3, (a, b, _c, _d, _e, ctx) => {
     const at = ctx.writable(a, 8);
@@ -62,12 +82,15 @@ interface Case {
   name: string;
   program: Uint8Array;
   memory: Uint8Array;
+  /** Array maps (compiled with kt_bpf_jit_compile_inline), and per slot 0 or 1 + the map to inline there. */
+  maps?: ArrayMap[];
+  sites?: number[];
 }
 interface Outcome {
   r0: bigint;
   memory: string;
 }
-type JitOutcome = (Outcome & { codeBytes: number }) | { err: number };
+type JitOutcome = (Outcome & { codeBytes: number; lookupCalls: number }) | { err: number };
 
 let dir: string;
 let host: string;
@@ -87,10 +110,21 @@ before(() => {
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 function record(c: Case): Buffer {
-  const hdr = Buffer.alloc(8);
+  const maps = c.maps ?? [];
+  const hdr = Buffer.alloc(12);
   hdr.writeUInt32LE(c.program.length / 8, 0);
   hdr.writeUInt32LE(c.memory.length, 4);
-  return Buffer.concat([hdr, c.program, c.memory]);
+  hdr.writeUInt32LE(maps.length, 8);
+  const defs = maps.map((m) => {
+    const b = Buffer.alloc(24);
+    b.writeBigUInt64LE(m.handle, 0);
+    b.writeBigUInt64LE(m.data, 8);
+    b.writeUInt32LE(m.valueSize, 16);
+    b.writeUInt32LE(m.maxEntries, 20);
+    return b;
+  });
+  const sites = maps.length ? [Buffer.from(Uint8Array.from({ length: c.program.length / 8 }, (_, k) => c.sites?.[k] ?? 0))] : [];
+  return Buffer.concat([hdr, c.program, c.memory, ...defs, ...sites]);
 }
 
 function runHost(args: string[], input: Buffer): string[] {
@@ -104,20 +138,21 @@ function jitAll(cases: Case[], cap?: number): JitOutcome[] {
   const lines = runHost(cap === undefined ? ['run'] : ['run', String(cap)], Buffer.concat(cases.map(record)));
   assert.equal(lines.length, cases.length, 'one result line per program');
   return lines.map((line) => {
-    const [kind, a, b, mem] = line.split(' ');
+    const [kind, a, b, mem, calls] = line.split(' ');
     if (kind === 'err') return { err: Number(a) };
-    return { r0: BigInt(`0x${a}`), codeBytes: Number(b), memory: mem ?? '' };
+    return { r0: BigInt(`0x${a}`), codeBytes: Number(b), memory: mem ?? '', lookupCalls: Number(calls) };
   });
 }
 
 function interpret(c: Case): Outcome {
   const memory = c.memory.slice();
-  const { r0 } = runProgram(c.program, { memory, helpers: HELPERS });
+  const helpers = c.maps ? new Map([...HELPERS, [1, lookupOrMix(c.maps)]]) : HELPERS;
+  const { r0 } = runProgram(c.program, { memory, helpers });
   return { r0, memory: Buffer.from(memory).toString('hex') };
 }
 
-/** Runs all cases on both sides and fails with the first few disagreements, disassembled. */
-function compare(cases: Case[]): void {
+/** Runs all cases on both sides and fails with the first few disagreements, disassembled; returns the JIT's outcomes. */
+function compare(cases: Case[]): JitOutcome[] {
   const jit = jitAll(cases);
   const bad: string[] = [];
   cases.forEach((c, i) => {
@@ -132,6 +167,7 @@ function compare(cases: Case[]): void {
     }
   });
   assert.equal(bad.length, 0, `${bad.length} disagreement(s) out of ${cases.length}:\n${bad.join('\n')}`);
+  return jit;
 }
 
 // ---------------------------------------------------------------- corpus builders
@@ -463,6 +499,97 @@ function longJumpCases(): Case[] {
   return cases;
 }
 
+// ---------------------------------------------------------------- inlined array-map lookups
+
+const ARRAY_AT = 256; // map storage starts here in the memory of these cases
+const HANDLE = 0xfeed_0000_0000_0000n; // r1 at a lookup: HANDLE + map index
+
+/** Per slot: 1 + mapOf(k) for the k-th `call 1` of program, or 0 (call the helper) when mapOf gives -1. */
+function lookupSites(program: Uint8Array, mapOf: (k: number) => number): number[] {
+  const dv = new DataView(program.buffer, program.byteOffset);
+  let k = 0;
+  return Array.from({ length: program.length / 8 }, (_, s) => (program[8 * s] === 0x85 && dv.getInt32(8 * s + 4, true) === 1 ? mapOf(k++) + 1 : 0));
+}
+
+/** maps placed one after another from ARRAY_AT in a memory they fit, filled with a pattern. */
+function arrayMemory(shapes: [valueSize: number, maxEntries: number][]): { maps: ArrayMap[]; memory: Uint8Array } {
+  let at = ARRAY_AT;
+  const maps = shapes.map(([valueSize, maxEntries], i) => {
+    const m = { handle: HANDLE + BigInt(i), data: BPF_MEMORY_BASE + BigInt(at), valueSize, maxEntries };
+    at += maxEntries * ((valueSize + 7) & ~7);
+    return m;
+  });
+  const memory = new Uint8Array(at);
+  for (let b = 0; b < at; b++) memory[b] = (b * 29 + 3) & 0xff;
+  return { maps, memory };
+}
+
+/** (harnessProgram keeps r10 - 16 .. r10 - 1 for itself) `*(u32 *)(r10 + off) = key; r2 = r10 + off; r1 = map; call 1`, then r1-r5 redefined (the inlined form leaves them). */
+function lookup(map: number, key: number, off = -20, via?: number): Insn[] {
+  const store = via === undefined ? [ins(0x62, 10, 0, off, key)] : [lddw(via, BigInt(key >>> 0)), ins(0x63, 10, via, off)];
+  return [...store, ins(0xbf, 2, 10), ins(0x07, 2, 0, 0, off), lddw(1, HANDLE + BigInt(map)), ins(0x85, 0, 0, 0, 1),
+    ...[1, 2, 3, 4, 5].map((r) => lddw(r, FILL(r)))];
+}
+
+/** Each case twice: every lookup inlined (as a lookup in maps[map]), and none (the helper). */
+function bothWays(c: Case, map = 0): Case[] {
+  return [{ ...c, name: `${c.name} (inlined)`, sites: lookupSites(c.program, () => map) },
+    { ...c, name: `${c.name} (helper)`, sites: lookupSites(c.program, () => -1) }];
+}
+
+function arrayCases(): Case[] {
+  const cases: Case[] = [];
+  // value sizes around multiples of 8 (stride rounding), power-of-two and other strides
+  const shapes: [number, number][] = [[8, 16], [1, 5], [4, 3], [12, 4], [13, 2], [16, 1], [24, 3], [100, 3], [7, 7], [9, 2], [64, 2]];
+  for (const [valueSize, maxEntries] of shapes) {
+    const { maps, memory } = arrayMemory([[valueSize, maxEntries]]);
+    const keys = [...new Set([0, 1, maxEntries - 2, maxEntries - 1, maxEntries, maxEntries + 1, 0x7fffffff, 0x80000000, 0xffffffff])].filter((k) => k >= 0);
+    for (const key of keys) {
+      for (const [off, via] of [[-20, undefined], [-28, 6], [-36, 0]] as [number, number | undefined][]) {
+        // mark the first and last byte of the value found: a wrong stride shows in memory
+        const body = [...lookup(0, key, off, via), ins(0x15, 0, 0, 2, 0), ins(0x72, 0, 0, 0, 0xcd), ins(0x72, 0, 0, valueSize - 1, 0xab)];
+        cases.push(...bothWays({ name: `array ${valueSize}x${maxEntries} key ${key} at r10${off}${via === undefined ? '' : ` via r${via}`}`,
+          program: pack(harnessProgram(body)), memory: memory.slice(), maps }));
+      }
+    }
+  }
+  // Addresses only (never dereferenced): data that fits a sign-extended imm32 or not, strides up
+  // to 2^31 - 8, max_entries in the top half of u32 and 0.
+  const far: ArrayMap[] = [
+    { handle: HANDLE, data: 0x2000n, valueSize: 24, maxEntries: 4 },
+    { handle: HANDLE + 1n, data: 0xffffffff80001000n, valueSize: 5, maxEntries: 0xffffff80 },
+    { handle: HANDLE + 2n, data: 0x7fff00001000n, valueSize: 0x7ffffff8, maxEntries: 3 },
+    { handle: HANDLE + 3n, data: 0x1000n, valueSize: 8, maxEntries: 0xffffffff },
+    { handle: HANDLE + 4n, data: 0x1000n, valueSize: 8, maxEntries: 0 },
+  ];
+  const farKeys = [[0, 3, 4], [0, 0xffffff7f, 0xffffff80, 0xffffffff], [1, 2, 3], [0xfffffffe, 0xffffffff], [0, 1]];
+  far.forEach((m, i) => {
+    for (const key of farKeys[i]!) {
+      cases.push(...bothWays({ name: `array at 0x${m.data.toString(16)} ${m.valueSize}x${m.maxEntries} key ${key}`,
+        program: pack(harnessProgram(lookup(i, key))), memory: new Uint8Array(MEM_BYTES), maps: far }, i));
+    }
+  });
+  return cases;
+}
+
+/** array_count of the benchmark: 16 context bytes pick a counter each (low 4 bits) in a 12-entry map. */
+function countingCase(): Case {
+  const { maps, memory } = arrayMemory([[8, 12]]);
+  for (let i = 0; i < 16; i++) memory[i] = (i * 7 + 5) & 0xff;
+  const body: Insn[] = [
+    ins(0xb7, 7, 0, 0, 0), // r7 = i = 0
+    // loop:
+    ins(0x79, 9, 10, -8), ins(0x0f, 9, 7), ins(0x71, 8, 9, 0), ins(0x57, 8, 0, 0, 15), // r8 = ctx[i] & 15
+    ins(0x63, 10, 8, -20), ins(0xbf, 2, 10), ins(0x07, 2, 0, 0, -20), lddw(1, HANDLE), ins(0x85, 0, 0, 0, 1),
+    ins(0x15, 0, 0, 3, 0), // if r0 == 0 goto next
+    ins(0x79, 1, 0, 0), ins(0x07, 1, 0, 0, 1), ins(0x7b, 0, 1, 0), // ++*r0
+    // next:
+    ins(0x07, 7, 0, 0, 1), ins(0xa5, 7, 0, -15, 16), // i += 1; if i < 16 goto loop
+    ...[1, 2, 3, 4, 5].map((r) => lddw(r, FILL(r))),
+  ];
+  return { name: 'counting loop', program: pack(harnessProgram(body)), memory, maps };
+}
+
 // ---------------------------------------------------------------- fuzz
 
 /**
@@ -573,13 +700,13 @@ function randomProgram(rand: () => number): Insn[] {
 // ---------------------------------------------------------------- tests
 
 describe('eBPF JIT (native) against the TS interpreter', () => {
-  test('ALU and ALU64: every op, both sources, edge values, register pairs', () => compare(aluCases()));
-  test('byte swaps: le, be, bswap at 16/32/64', () => compare(endCases()));
-  test('loads, sign-extending loads, stores (imm and reg), stack', () => compare(memCases()));
-  test('atomics: add/or/and/xor with and without fetch, xchg, cmpxchg, 32 and 64 bit', () => compare(atomicCases()));
-  test('every JMP and JMP32 condition, register and immediate, forward and backward', () => compare(jumpCases()));
-  test('control flow, helpers and lddw', () => compare(textCases()));
-  test('jumps long enough to need rel32', () => compare(longJumpCases()));
+  test('ALU and ALU64: every op, both sources, edge values, register pairs', () => { compare(aluCases()); });
+  test('byte swaps: le, be, bswap at 16/32/64', () => { compare(endCases()); });
+  test('loads, sign-extending loads, stores (imm and reg), stack', () => { compare(memCases()); });
+  test('atomics: add/or/and/xor with and without fetch, xchg, cmpxchg, 32 and 64 bit', () => { compare(atomicCases()); });
+  test('every JMP and JMP32 condition, register and immediate, forward and backward', () => { compare(jumpCases()); });
+  test('control flow, helpers and lddw', () => { compare(textCases()); });
+  test('jumps long enough to need rel32', () => { compare(longJumpCases()); });
 
   test('differential fuzz: random programs', () => {
     const seed = Number(process.env.KVMTALK_FUZZ_SEED ?? 0x6a17);
@@ -591,6 +718,31 @@ describe('eBPF JIT (native) against the TS interpreter', () => {
       cases.push(mkCase(`fuzz seed ${seed} #${i}`, randomProgram(rand), mem));
     }
     compare(cases);
+  });
+
+  test('array-map lookups inlined: NULL out of range, index max_entries - 1 and max_entries, strides of non-multiples of 8', () => {
+    const cases = arrayCases();
+    const jit = compare(cases);
+    cases.forEach((c, i) => {
+      const got = jit[i]!;
+      assert.ok(!('err' in got), c.name);
+      assert.equal(got.lookupCalls, c.name.endsWith('(inlined)') ? 0 : 1, `${c.name}: helper 1 calls`);
+    });
+  });
+
+  test('array-map lookups inlined in a counting loop, next to a lookup that keeps the helper', () => {
+    const c = countingCase();
+    const [inlined, helper] = bothWays(c);
+    const [a, b] = compare([inlined!, helper!]);
+    assert.ok(a && b && !('err' in a) && !('err' in b));
+    assert.equal(a.lookupCalls, 0);
+    assert.equal(b.lookupCalls, 16);
+    // two maps, the second one's lookup not inlined: 1 helper call per run
+    const { maps, memory } = arrayMemory([[8, 4], [12, 3]]);
+    const two = pack(harnessProgram([...lookup(0, 3), ins(0xbf, 6, 0), ...lookup(1, 2), ins(0x0f, 0, 6)]));
+    const [mixed] = compare([{ name: 'two maps, one inlined', program: two, memory, maps, sites: lookupSites(two, (k) => (k === 0 ? 0 : -1)) }]);
+    assert.ok(mixed && !('err' in mixed) && mixed.lookupCalls === 1);
+    assert.equal(mixed.r0, maps[0]!.data + 24n + maps[1]!.data + 32n, 'r0 = &values[3] + &values[2]');
   });
 
   test('what it does not compile, and a buffer that is too small', () => {
@@ -615,6 +767,11 @@ describe('eBPF JIT (native) against the TS interpreter', () => {
     ];
     const got = jitAll(refused.map(([name, code]) => ({ name, program: pack(code), memory })));
     assert.deepEqual(got.map((g, i) => [refused[i]![0], 'err' in g ? g.err : 'compiled']), refused.map(([name, , err]) => [name, err]));
+
+    // an array whose stride does not fit imul's signed imm32 (2^31 here) is refused, not miscompiled
+    const huge = pack(lookup(0, 0).concat([exit()]));
+    const wide: ArrayMap[] = [{ handle: HANDLE, data: 0x1000n, valueSize: 0x7ffffff9, maxEntries: 2 }];
+    assert.deepEqual(jitAll([{ name: 'stride 2^31', program: huge, memory, maps: wide, sites: lookupSites(huge, () => 0) }]), [{ err: EINVAL }]);
 
     const program: Case = { name: 'small', program: pack([lddw(0, 0x1234567890n), ins(0x07, 0, 0, 0, 1), exit()]), memory };
     const [full] = jitAll([program]);

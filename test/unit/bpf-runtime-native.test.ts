@@ -389,6 +389,74 @@ function generator(seed: number): () => string[] {
   };
 }
 
+describe('eBPF runtime in C: what the JIT is told to inline', () => {
+  /** Slots of the `call 1` instructions of src, in order. */
+  const lookupSlots = (src: string): number[] => {
+    const b = encodeProgram(assemble(src));
+    const out: number[] = [];
+    for (let k = 0; k < b.length / 8; k++) if (b[8 * k] === 0x85 && new DataView(b.buffer, b.byteOffset).getInt32(8 * k + 4, true) === 1) out.push(k);
+    return out;
+  };
+
+  test('lookups the verifier pins to one array map, and no others: hash maps, mixed call sites and updates keep the call', () => {
+    const maps: ImageMap[] = [
+      { name: 'jit_a', type: 2, keySize: 4, valueSize: 12, maxEntries: 5 },
+      { name: 'jit_b', type: 2, keySize: 4, valueSize: 8, maxEntries: 3 },
+      { name: 'jit_h', type: 1, keySize: 4, valueSize: 8, maxEntries: 4 },
+    ];
+    const src = `
+      r6 = r1
+      r7 = *(u32 *)(r6 + 0)
+      *(u32 *)(r10 - 4) = 1
+      r2 = r10
+      r2 += -4
+      r1 = map_by_fd(0) ll
+      call 1
+      r2 = r10
+      r2 += -4
+      r1 = map_by_fd(2) ll
+      call 1
+      r1 = map_by_fd(1) ll
+      if r7 == 0 goto same
+      r1 = map_by_fd(1) ll
+    same:
+      r2 = r10
+      r2 += -4
+      call 1
+      r1 = map_by_fd(0) ll
+      if r7 == 0 goto mixed
+      r1 = map_by_fd(1) ll
+    mixed:
+      r2 = r10
+      r2 += -4
+      call 1
+      r1 = map_by_fd(1) ll
+      *(u64 *)(r10 - 16) = r1
+      r2 = r10
+      r2 += -4
+      r1 = *(u64 *)(r10 - 16)
+      call 1
+      r1 = map_by_fd(0) ll
+      r2 = r10
+      r2 += -4
+      *(u64 *)(r10 - 32) = 0
+      *(u64 *)(r10 - 24) = 0
+      r3 = r10
+      r3 += -32
+      r4 = 0
+      call 2
+      r0 = 0
+      exit`;
+    const [a, h, same, mixed, spilled] = lookupSlots(src);
+    const lines = harness([`run ${CTX} ${hex(image(src, maps))} ${'00'.repeat(CTX)}`, 'sites']);
+    assert.match(lines[0]!, /^ok 0 /, 'the program loads and runs (interpreted here)');
+    assert.equal(lines[1], `sites ${a}=jit_a:12:5 ${same}=jit_b:8:3 ${spilled}=jit_b:8:3`,
+      `inlined: the array lookups at ${a}, ${same} and ${spilled}; not the hash at ${h} nor the mixed site ${mixed}`);
+    const none = harness([`run ${CTX} ${hex(image('r0 = 0\nexit', []))} ${'00'.repeat(CTX)}`, 'sites']);
+    assert.deepEqual(none, [`ok 0 ${'00'.repeat(CTX)}`, 'sites -']);
+  });
+});
+
 describe('eBPF runtime in C: fuzz', () => {
   test('random and mutated programs: no crash, accepted ones run cleanly, verdicts match the TypeScript verifier', (t) => {
     if (!host.sanitized) t.diagnostic('gcc could not link -fsanitize=address,undefined: fuzzing the plain build');

@@ -3,13 +3,16 @@ import assert from 'node:assert/strict';
 /**
  * The upcall device's register model (docs/upcall-device.md): the shared-state device of each
  * vCPU thread (here several on one thread, sharing one UpcallState) driven by the main thread's
- * UpcallHost, with the worker→main events delivered synchronously.
+ * UpcallHost, with the worker→main events delivered synchronously, and COPY writing into a real
+ * (memfd-backed) guest RAM through a spy that fails the test on any write outside it.
  */
 import type { DeviceHost } from '../../src/devices/device.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
 import {
   UPCALL_BASE,
   UPCALL_CMD,
   UPCALL_ERRNO,
+  UPCALL_FEATURE,
   UPCALL_IRQ,
   UPCALL_MAGIC,
   UPCALL_REG,
@@ -18,6 +21,7 @@ import {
   UPCALL_WINDOW_SIZE,
   UpcallDevice,
   UpcallState,
+  type GuestRam,
   type UpcallPolicy,
 } from '../../src/devices/upcall-device.js';
 import { UpcallCancelledError, UpcallHost, UpcallTimeoutError, type AffinityEvent, type LoadStatus } from '../../src/upcall/upcall-host.js';
@@ -41,8 +45,26 @@ interface SetupOptions {
   timeoutMs?: number;
 }
 
+/** Guest RAM for COPY: 256 KiB, shared by the tests (each fills what it checks). */
+const ram = GuestMemory.create(256 * 1024);
+const RAM_SIZE = BigInt(ram.size);
+
+/** {@link ram} as COPY sees it, recording every write and refusing (failing the test) one outside RAM. */
+function spyRam(writes: [bigint, number][]): GuestRam {
+  return {
+    contains: (gpa, len) => ram.contains(gpa, len),
+    write: (gpa, data) => {
+      const a = BigInt(gpa);
+      assert.ok(a >= 0n && a + BigInt(data.length) <= RAM_SIZE, `COPY wrote ${data.length} bytes at 0x${a.toString(16)}, outside RAM`);
+      writes.push([a, data.length]);
+      ram.write(a, data);
+    },
+  };
+}
+
 function setup(o: SetupOptions = {}) {
   const irqs: number[] = [];
+  const ramWrites: [bigint, number][] = [];
   const state = UpcallState.create(o.vcpus ?? 4);
   const upcall = new UpcallHost(state, { raiseIrq: o.raiseIrq ?? ((v) => irqs.push(v)), commandTimeoutMs: o.timeoutMs });
   const pins: [number, number][] = [];
@@ -50,6 +72,7 @@ function setup(o: SetupOptions = {}) {
     notify: (e) => upcall.handleEvent(e),
     policy: o.policy ?? { pinning: true, allowedCpus: [0, 1, 2, 3] },
     pin: o.pin ?? ((tid, cpu) => void pins.push([tid, cpu])),
+    memory: spyRam(ramWrites),
   });
   // Two vCPU threads' devices on one state: every access goes to a random one of them.
   const devices = [makeDevice(), makeDevice()];
@@ -68,7 +91,15 @@ function setup(o: SetupOptions = {}) {
     const data = new Uint8Array([value & 0xff, (value >>> 8) & 0xff, (value >>> 16) & 0xff, (value >>> 24) & 0xff]);
     dev.mmioWrite(UPCALL_BASE + BigInt(off), data, host);
   };
-  return { dev, upcall, state, irqs, host, read, write, pins };
+  /** Points COPY_ADDR_LO/HI at `addr` and COPY_LEN at `cap`, writes `seq` to COPY; returns COPY_STATUS. */
+  const copy = (seq: number, addr: bigint, cap: number): number => {
+    write(UPCALL_REG.COPY_ADDR_LO, Number(addr & 0xffffffffn));
+    write(UPCALL_REG.COPY_ADDR_HI, Number((addr >> 32n) & 0xffffffffn));
+    write(UPCALL_REG.COPY_LEN, cap);
+    write(UPCALL_REG.COPY, seq);
+    return read(UPCALL_REG.COPY_STATUS) | 0;
+  };
+  return { dev, upcall, state, irqs, host, read, write, pins, copy, ramWrites };
 }
 
 /** What a guest driver does: read DATA_LEN bytes through the window, paging with DATA_OFFSET. */
@@ -111,6 +142,8 @@ test('identification registers and reset state', () => {
   assert.equal(read(UPCALL_REG.STATUS_PC), 0xffffffff);
   assert.equal(read(UPCALL_REG.MAP_DIR_LO), 0);
   assert.equal(read(UPCALL_WINDOW_OFFSET), 0);
+  assert.equal(read(UPCALL_REG.FEATURES), UPCALL_FEATURE.COPY);
+  for (const r of [UPCALL_REG.COPY_ADDR_LO, UPCALL_REG.COPY_ADDR_HI, UPCALL_REG.COPY_LEN, UPCALL_REG.COPY, UPCALL_REG.COPY_STATUS]) assert.equal(read(r), 0);
 });
 
 test('IRQ_VECTOR accepts 0 and 0x20–0xef only', () => {
@@ -160,6 +193,80 @@ test('deliver: interrupt, paged DATA window, STATUS + ACK resolve the promise', 
   assert.equal(read(UPCALL_REG.IRQ_STATUS), UPCALL_IRQ.CMD_DONE);
   write(UPCALL_REG.ACK, seq); // a second ACK is stale
   assert.equal(upcall.counters.staleAcks, 2);
+});
+
+test('COPY writes the current program into guest RAM; the window still works; ACK completes', async () => {
+  const { upcall, read, write, copy, ramWrites } = setup();
+  const program = randomProgram(5000, 11);
+  const done = upcall.deliver(program, 4);
+  const seq = read(UPCALL_REG.COMMAND_SEQ);
+  ram.fill(0x1000, 0x2000, 0xa5);
+  // Any alignment; a buffer exactly the program's size.
+  assert.equal(copy(seq, 0x1003n, program.length), program.length);
+  assert.deepEqual(ram.read(0x1003, program.length), program);
+  assert.equal(ram.readU8(0x1002), 0xa5, 'nothing before the buffer');
+  assert.equal(ram.readU8(0x1003 + program.length), 0xa5, 'nothing after the program');
+  assert.deepEqual(read(UPCALL_REG.COPY_ADDR_LO), 0x1003);
+  assert.deepEqual(read(UPCALL_REG.COPY_LEN), program.length);
+  // The very end of RAM, with a larger buffer (COPY_LEN is a capacity).
+  assert.equal(copy(seq, RAM_SIZE - 5000n, 0xffffffff), 5000);
+  assert.deepEqual(ram.read(RAM_SIZE - 5000n, 5000), program);
+  assert.deepEqual(ramWrites, [[0x1003n, 5000], [RAM_SIZE - 5000n, 5000]]);
+  // COPY neither completes the command nor disturbs the window.
+  assert.equal(read(UPCALL_REG.COMMAND), UPCALL_CMD.LOAD_PROGRAM);
+  assert.deepEqual(guestReadProgram(read, write), program);
+  assert.equal(upcall.counters.copies, 2);
+  write(UPCALL_REG.ACK, seq);
+  assert.deepEqual(await done, { status: 0, pc: null, seq });
+});
+
+test('COPY refuses with a negative errno and writes nothing: no command, stale seq, small buffer, outside RAM', async () => {
+  const { upcall, read, write, copy, ramWrites } = setup({ timeoutMs: 50 });
+  const before = ram.read(0, ram.size);
+  // No command.
+  assert.equal(copy(0, 0x1000n, 100), -UPCALL_ERRNO.ENOENT);
+  assert.equal(copy(1, 0x1000n, 100), -UPCALL_ERRNO.ENOENT);
+  const program = randomProgram(300, 12);
+  const done = upcall.deliver(program, 1);
+  const seq = read(UPCALL_REG.COMMAND_SEQ);
+  const len = BigInt(program.length);
+  // Stale sequence numbers (checked before the buffer).
+  for (const bad of [0, seq + 1, seq - 1, 0xffffffff]) assert.equal(copy(bad, 0x1000n, 1000), -UPCALL_ERRNO.ESTALE, `seq ${bad}`);
+  // A buffer smaller than the program (checked before its address).
+  for (const cap of [0, 1, program.length - 1]) assert.equal(copy(seq, 0x1000n, cap), -UPCALL_ERRNO.ENOSPC, `COPY_LEN ${cap}`);
+  assert.equal(copy(seq, 1n << 63n, 0), -UPCALL_ERRNO.ENOSPC);
+  // Outside RAM: straddling its end, at it, past it, at the register page, above 4 GiB, and
+  // addresses whose end wraps around 2^64 (a 64-bit sum would land inside RAM).
+  const outside = [
+    RAM_SIZE - len + 1n, RAM_SIZE - 1n, RAM_SIZE, RAM_SIZE + 4096n, UPCALL_BASE, 0xfee00000n, 1n << 32n,
+    (1n << 64n) - 1n, (1n << 64n) - len + 1n, (1n << 64n) - len, (1n << 64n) - (1n << 32n), 0x8000_0000_0000_0000n,
+  ];
+  for (const addr of outside) assert.equal(copy(seq, addr, 0xffffffff), -UPCALL_ERRNO.EFAULT, `COPY_ADDR 0x${addr.toString(16)}`);
+  assert.deepEqual(ramWrites, []);
+  assert.deepEqual(ram.read(0, ram.size), before, 'guest RAM unchanged');
+  assert.equal(upcall.counters.copies, 0);
+  assert.equal(upcall.counters.copyErrors, 2 + 4 + 4 + outside.length);
+  // COPY_STATUS holds the last result until the next COPY.
+  assert.equal(read(UPCALL_REG.COPY_STATUS) | 0, -UPCALL_ERRNO.EFAULT);
+  assert.equal(copy(seq, 0x2000n, 300), 300);
+  assert.equal(read(UPCALL_REG.COPY_STATUS), 300);
+  // After the ACK the command is gone: its sequence number copies nothing.
+  write(UPCALL_REG.ACK, seq);
+  await done;
+  assert.equal(copy(seq, 0x2000n, 300), -UPCALL_ERRNO.ENOENT);
+  // Nor after the host withdrew it (timeout).
+  const late = upcall.deliver(program, 1);
+  const seq2 = read(UPCALL_REG.COMMAND_SEQ);
+  await assert.rejects(late, UpcallTimeoutError);
+  assert.equal(copy(seq2, 0x2000n, 300), -UPCALL_ERRNO.ENOENT);
+  // UNLOAD has no program: COPY copies 0 bytes (an address up to the end of RAM is in bounds).
+  const unload = upcall.unload(1);
+  const seq3 = read(UPCALL_REG.COMMAND_SEQ);
+  assert.equal(copy(seq3, RAM_SIZE, 0), 0);
+  assert.equal(copy(seq3, RAM_SIZE + 1n, 0), -UPCALL_ERRNO.EFAULT);
+  write(UPCALL_REG.ACK, seq3);
+  await unload;
+  assert.deepEqual(ramWrites, [[0x2000n, 300], [RAM_SIZE, 0]]);
 });
 
 test('commands queue; each ACK posts the next; STATUS defaults to success', async () => {
@@ -289,7 +396,7 @@ test('bad accesses: all ones on read, ignored on write, counted', () => {
   dev.mmioRead(UPCALL_BASE + 2n, d4, host);
   assert.deepEqual([...d4], [0xff, 0xff, 0xff, 0xff]);
   assert.equal(upcall.counters.badSize, 3);
-  assert.equal(read(0x48), 0xffffffff); // unassigned register
+  assert.equal(read(0x60), 0xffffffff); // unassigned register
   assert.equal(read(0x7fc), 0xffffffff);
   dev.mmioRead(UPCALL_BASE + 0x1000n, d4, host); // outside the page
   dev.mmioRead(UPCALL_BASE - 4n, d4, host);
@@ -298,8 +405,13 @@ test('bad accesses: all ones on read, ignored on write, counted', () => {
   assert.equal(read(UPCALL_REG.IRQ_VECTOR), 0);
   write(UPCALL_REG.MAGIC, 0);
   write(UPCALL_WINDOW_OFFSET, 0);
+  write(UPCALL_REG.FEATURES, 0);
+  write(UPCALL_REG.COPY_STATUS, 5);
+  write(UPCALL_REG.HOST_CPUS, 9);
   assert.equal(read(UPCALL_REG.MAGIC), UPCALL_MAGIC);
-  assert.equal(upcall.counters.readOnlyWrites, 2);
+  assert.equal(read(UPCALL_REG.FEATURES), UPCALL_FEATURE.COPY);
+  assert.equal(read(UPCALL_REG.COPY_STATUS), 0);
+  assert.equal(upcall.counters.readOnlyWrites, 5);
   assert.equal(upcall.counters.badSize, 4);
 });
 
@@ -312,7 +424,7 @@ test('a throwing raiseIrq is counted, not propagated', async () => {
   assert.equal((await p).status, 0);
 });
 
-test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', async () => {
+test('fuzz: 100,000 random accesses never throw, never corrupt a delivery, and COPY never writes outside RAM', async () => {
   let x = 0x9e3779b9;
   const rnd = (): number => {
     x ^= x << 13;
@@ -320,10 +432,10 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
     x ^= x << 5;
     return x >>> 0;
   };
-  const { dev, upcall, read, state } = setup({ vcpus: 2, policy: { pinning: true, allowedCpus: [0, 3, 6] } });
+  const { dev, upcall, read, state, ramWrites } = setup({ vcpus: 2, policy: { pinning: true, allowedCpus: [0, 3, 6] } });
   state.publishTid(0, 100);
   state.publishTid(1, 101);
-  const regOffsets = [...Object.values(UPCALL_REG), 0x48, 0x7fc];
+  const regOffsets = [...Object.values(UPCALL_REG), 0x60, 0x7fc];
   const program = randomProgram(3000, 99);
   let settled: LoadStatus | undefined;
   let deliveries = 0;
@@ -359,10 +471,27 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
     const size = sizes[(r >>> 4) & 7]!;
     const data = new Uint8Array(size);
     const valSel = (r >>> 7) & 3;
-    const value = valSel === 0 ? rnd() & 0xff : valSel === 1 ? seq + ((r >>> 9) & 1) : rnd();
+    // The COPY buffer registers mostly get values that matter: inside RAM or just past its end,
+    // a high half of 0 or all ones (2^64 wraparound), around the program's length; COPY the seq.
+    const near = (r >>> 11) & 3;
+    const value =
+      near && off === UPCALL_REG.COPY_ADDR_LO ? rnd() % (ram.size + 0x4000)
+      : near && off === UPCALL_REG.COPY_ADDR_HI ? ((r >>> 13) & 3 ? 0 : 0xffffffff)
+      : near && off === UPCALL_REG.COPY_LEN ? program.length - 4 + (rnd() % 8)
+      : near && off === UPCALL_REG.COPY ? seq
+      : valSel === 0 ? rnd() & 0xff : valSel === 1 ? seq + ((r >>> 9) & 1) : rnd();
     for (let b = 0; b < size; b++) data[b] = (value >>> (8 * (b & 3))) & 0xff;
     if ((r >>> 10) & 1) {
+      const copies = ramWrites.length;
       assert.doesNotThrow(() => dev.mmioWrite(addr, data, host));
+      // A COPY that wrote put exactly the program where COPY_ADDR says.
+      if (ramWrites.length > copies) {
+        const [at, len] = ramWrites.at(-1)!;
+        assert.equal(len, program.length);
+        assert.equal(at, (BigInt(read(UPCALL_REG.COPY_ADDR_HI)) << 32n) | BigInt(read(UPCALL_REG.COPY_ADDR_LO)));
+        assert.deepEqual(ram.read(at, len), program);
+        assert.equal(read(UPCALL_REG.COPY_STATUS), len);
+      }
     } else {
       data.fill(0x5a);
       assert.doesNotThrow(() => dev.mmioRead(addr, data, host));
@@ -402,6 +531,8 @@ test('fuzz: 100,000 random accesses never throw and never corrupt a delivery', a
   assert.ok(completed > 10, `only ${completed} deliveries completed`);
   const c = upcall.counters;
   assert.ok(c.badSize > 0 && c.badOffset > 0 && c.readOnlyWrites > 0 && c.staleAcks > 0);
+  assert.ok(c.copies > 10 && c.copyErrors > 100, `copies ${c.copies}, refused ${c.copyErrors}`);
+  assert.equal(c.copies, ramWrites.length);
   upcall.cancelAll();
   await assert.rejects(pending!, UpcallCancelledError);
   assert.equal(deliveries, completed + 1);

@@ -4,7 +4,13 @@
  */
 #include "bpf-internal.h"
 
-#define MAX_VCPUS 64 /* per-vCPU random state; vCPUs beyond share slots (still random) */
+uint32_t kt_bpf__locks_held[KT_MAX_CPUS];
+
+unsigned kt_bpf__cpu(void)
+{
+	return kt_cpu_id();
+}
+
 
 static void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c)
 {
@@ -45,12 +51,12 @@ static uint64_t ktime_get_ns(uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
 	return m ? (uint64_t)(((unsigned __int128)t * m) >> 32) : t;
 }
 
-static uint32_t rng[MAX_VCPUS];
+static uint32_t rng[KT_MAX_CPUS];
 
 static uint64_t get_prandom_u32(uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5)
 {
 	(void)a1, (void)a2, (void)a3, (void)a4, (void)a5;
-	uint32_t *s = &rng[kt_cpu_id() % MAX_VCPUS];
+	uint32_t *s = &rng[kt_cpu_id() % KT_MAX_CPUS];
 	uint32_t x = *s;
 	if (!x)
 		x = (uint32_t)kt_rdtsc() | 1;

@@ -87,6 +87,15 @@ extern uint32_t kt_bpf__verify_budget;
 int kt_bpf__verify(const struct kt_bpf_insn *insns, uint32_t n, const struct kt_bpf_map_shape *maps, uint32_t nmaps,
 		   uint32_t ctx_size, uint32_t budget, struct kt_bpf_verify_error *err);
 
+/** A call_maps entry for a call that gets different maps on different paths. */
+#define KT_BPF_CALL_MAP_MIXED 0xff
+/**
+ * After kt_bpf__verify accepted a program: per slot, for a call to a helper whose r1 is a map,
+ * 1 + the image index of the map r1 held on every path that reached it, KT_BPF_CALL_MAP_MIXED
+ * when paths disagree, 0 for any other slot or one never reached. Valid until the next verify.
+ */
+const uint8_t *kt_bpf__verify_call_maps(void);
+
 /* ---- interpreter ---- */
 /** Runs a verified, resolved program (every lddw src 0) on ctx. */
 uint64_t kt_bpf__interpret(const struct kt_bpf_insn *insns, void *ctx);
@@ -97,8 +106,25 @@ int kt_bpf__fail(struct kt_bpf_verify_error *err, int ret, uint32_t pc, const ch
 	__attribute__((format(printf, 4, 5)));
 
 /** A spinlock word taken with a locked compare-exchange (shared with the host for maps). */
+/*
+ * Runtime locks each vCPU holds or is waiting for. The timer hook runs its program from an
+ * interrupt handler, and CPL3 code cannot mask interrupts: if the interrupted code on the same
+ * vCPU holds a map's lock and the program touches that map, the handler would spin forever. So
+ * the count goes up before the lock is tried and down after it is released, and the timer skips
+ * a tick while it is non-zero (kt_bpf__cpu_in_runtime).
+ */
+extern uint32_t kt_bpf__locks_held[KT_MAX_CPUS];
+/* This vCPU's index (bpf-helpers.c in the guest; the native harness has its own). */
+unsigned kt_bpf__cpu(void);
+
+static inline int kt_bpf__cpu_in_runtime(void)
+{
+	return __atomic_load_n(&kt_bpf__locks_held[kt_bpf__cpu() % KT_MAX_CPUS], __ATOMIC_RELAXED) != 0;
+}
+
 static inline void kt_bpf__lock(uint32_t *word)
 {
+	__atomic_add_fetch(&kt_bpf__locks_held[kt_bpf__cpu() % KT_MAX_CPUS], 1, __ATOMIC_RELAXED);
 	for (;;) {
 		uint32_t expect = 0;
 		if (__atomic_compare_exchange_n(word, &expect, 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
@@ -110,6 +136,7 @@ static inline void kt_bpf__lock(uint32_t *word)
 static inline void kt_bpf__unlock(uint32_t *word)
 {
 	__atomic_store_n(word, 0, __ATOMIC_RELEASE);
+	__atomic_sub_fetch(&kt_bpf__locks_held[kt_bpf__cpu() % KT_MAX_CPUS], 1, __ATOMIC_RELAXED);
 }
 
 #endif /* KVMTALK_BPF_INTERNAL_H */

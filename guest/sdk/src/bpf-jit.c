@@ -10,6 +10,9 @@
  * (rbx, r13, r14, r15) so helpers preserve them; r0 = rax (the return value); r10 = rbp, the
  * top of a 512-byte area on the native stack. r9, r10 and r11 are scratch.
  *
+ * A `call 1` whose map the caller knows to be an array (kt_bpf_jit_compile_inline) is inlined
+ * as a bounds check and an address computation, as Linux does; hash lookups keep the call.
+ *
  * Code size is found by repeated passes: forward jumps are sized from the previous pass's
  * offsets (a pessimistic guess at first), backward jumps from this pass's exact ones. Once a
  * pass changes no offset, one more pass writes the code. If that takes too long, every jump
@@ -50,6 +53,7 @@ struct jit {
 	const struct kt_bpf_insn *insns;
 	uint32_t n;
 	kt_bpf_helper_fn (*helper)(int32_t id);
+	const struct kt_bpf_jit_array *const *arrays; /* per slot, or NULL: lookups to inline */
 };
 
 /* ---- byte emission ---------------------------------------------------------------------- */
@@ -513,6 +517,41 @@ static void jump(struct jit *j, int cc, uint32_t i, uint32_t target)
 	}
 }
 
+/*
+ * map_lookup_elem on the array map a, which r1 holds at this call on every path, inlined as
+ * Linux's array_map_gen_lookup: r0 = the u32 key at r2 < max_entries ? data + key * stride : 0.
+ * data and the shape are constants here (maps never move), so r1 itself is not read.
+ */
+static int array_lookup(struct jit *j, const struct kt_bpf_jit_array *a)
+{
+	uint64_t stride = ((uint64_t)a->value_size + 7) & ~7ull;
+	unsigned long to_null, to_done;
+
+	if (stride > 0x7fffffff)
+		return -KT_EINVAL;
+	rm(j, 0, 0x8b, RAX, reg_map[2], 0);             /* mov eax, [r2]: zero-extended key */
+	alu_imm(j, 0, 7, RAX, (int32_t)a->max_entries); /* cmp eax, max_entries (unsigned jae below) */
+	to_null = jcc8_fwd(j, CC_AE);
+	if (stride && !(stride & (stride - 1))) {
+		rr(j, W, 0xc1, 4, RAX);                 /* shl rax, log2(stride) */
+		emit1(j, (uint8_t)__builtin_ctzll(stride));
+	} else if (stride) {
+		rr(j, W, 0x69, RAX, RAX);               /* imul rax, rax, stride */
+		emit4(j, (uint32_t)stride);
+	}
+	if ((int64_t)a->data == (int32_t)a->data) {
+		alu_imm(j, 1, 0, RAX, (int32_t)a->data); /* add rax, data */
+	} else {
+		mov_imm64(j, TMP, a->data);
+		rr(j, W, 0x01, TMP, RAX);               /* add rax, TMP */
+	}
+	to_done = jcc8_fwd(j, CC_ALWAYS);
+	land(j, to_null);
+	rr(j, 0, 0x31, RAX, RAX);                       /* NULL */
+	land(j, to_done);
+	return 0;
+}
+
 /* Checks a jump's target: inside the program and not the second half of an lddw. */
 static int target_ok(const struct jit *j, int64_t t)
 {
@@ -543,6 +582,8 @@ static int jmp(struct jit *j, const struct kt_bpf_insn *in, uint32_t i, int dst,
 			return -KT_EINVAL;
 		if ((in->regs >> 4) != 0)
 			return -KT_EOPNOTSUPP; /* BPF-to-BPF calls and kfuncs */
+		if (in->imm == 1 && j->arrays && j->arrays[i])
+			return array_lookup(j, j->arrays[i]);
 		fn = j->helper ? j->helper(in->imm) : NULL;
 		if (!fn)
 			return -KT_EOPNOTSUPP;
@@ -690,8 +731,14 @@ static int pass(struct jit *j)
 
 long kt_bpf_jit_compile(const struct kt_bpf_insn *insns, uint32_t n, kt_bpf_helper_fn (*helper)(int32_t id), uint8_t *code, unsigned long cap)
 {
+	return kt_bpf_jit_compile_inline(insns, n, helper, NULL, code, cap);
+}
+
+long kt_bpf_jit_compile_inline(const struct kt_bpf_insn *insns, uint32_t n, kt_bpf_helper_fn (*helper)(int32_t id),
+			       const struct kt_bpf_jit_array *const *arrays, uint8_t *code, unsigned long cap)
+{
 	uint32_t addrs[KT_BPF_MAX_INSNS + 1];
-	struct jit j = { .insns = insns, .n = n, .helper = helper, .addrs = addrs };
+	struct jit j = { .insns = insns, .n = n, .helper = helper, .arrays = arrays, .addrs = addrs };
 	int passes, err;
 
 	if (!insns || n == 0 || !code)

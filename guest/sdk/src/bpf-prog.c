@@ -3,7 +3,8 @@
  *
  * load = parse the KTBP image → create or reuse its maps → verify (map references still as image
  * indices, so the verifier knows their shapes) → resolve each `lddw src 1` to the map's address
- * (src 0) → JIT into the code arena, or interpret when the JIT declines.
+ * (src 0) → JIT into the code arena (inlining lookups in the array maps the verifier pinned to a
+ * call site), or interpret when the JIT declines.
  *
  * Programs sit in a fixed pool of slots; their machine code takes a contiguous extent of one
  * static arena (guest memory is executable at CPL3). Freeing a program gives both back.
@@ -65,11 +66,24 @@ static void largest_gap(uint32_t *off, uint32_t *len)
 	}
 }
 
-static void jit(struct kt_bpf_prog *p)
+/*
+ * Compiles p, inlining the lookups whose map the verifier pinned to an array (call_maps: its
+ * per-slot answer, map indices into maps[]). Under load_lock, which guards the static tables.
+ */
+static void jit(struct kt_bpf_prog *p, const uint8_t *call_maps, struct kt_bpf_map *const *maps, uint32_t nmaps)
 {
+	static struct kt_bpf_jit_array arrays[KT_BPF_MAX_MAPS];
+	static const struct kt_bpf_jit_array *sites[KT_BPF_MAX_INSNS];
+	for (uint32_t k = 0; k < nmaps; k++)
+		arrays[k] = (struct kt_bpf_jit_array){ maps[k]->data, maps[k]->value_size, maps[k]->max_entries };
+	for (uint32_t pc = 0; pc < p->n; pc++) {
+		uint32_t m = call_maps[pc];
+		int lookup = p->insns[pc].code == 0x85 && p->insns[pc].imm == 1; /* map_lookup_elem */
+		sites[pc] = lookup && m >= 1 && m <= nmaps && maps[m - 1]->type == KT_BPF_MAP_ARRAY ? &arrays[m - 1] : NULL;
+	}
 	uint32_t off, cap;
 	largest_gap(&off, &cap);
-	long n = cap ? kt_bpf_jit_compile(p->insns, p->n, kt_bpf__helper, code_arena + off, cap) : -KT_E2BIG;
+	long n = cap ? kt_bpf_jit_compile_inline(p->insns, p->n, kt_bpf__helper, sites, code_arena + off, cap) : -KT_E2BIG;
 	if (n <= 0)
 		return; /* the interpreter runs it */
 	p->code_off = off;
@@ -119,7 +133,7 @@ static int load_locked(struct kt_bpf_prog **out, const void *image, uint32_t len
 	}
 	p->code_len = 0;
 	p->used = 1;
-	jit(p);
+	jit(p, kt_bpf__verify_call_maps(), maps, img.map_count);
 	*out = p;
 	return 0;
 }

@@ -7,6 +7,8 @@
 #include <kvmtalk/channel.h>
 #include <kvmtalk/irq.h>
 
+#include "bpf-internal.h"
+
 /* LAPIC timer registers (offsets from KT_LAPIC_BASE) and KVM's APIC bus: 1 ns per count. */
 #define LAPIC_LVT_TIMER   0x320
 #define LAPIC_TIMER_INIT  0x380
@@ -73,7 +75,7 @@ long kt_bpf_set_affinity(uint32_t vcpu, uint32_t cpu)
 }
 
 /* Ticks per vCPU; each vCPU's handler only touches its own slot. */
-static uint64_t ticks[KT_MAX_CPUS];
+static uint64_t ticks[KT_MAX_CPUS], skipped[KT_MAX_CPUS];
 static uint32_t period[KT_MAX_CPUS];
 
 static void timer_tick(unsigned vector)
@@ -83,6 +85,11 @@ static void timer_tick(unsigned vector)
 	uint64_t r0;
 
 	(void)vector;
+	/* The interrupted code holds (or waits for) a runtime lock the program might need. */
+	if (kt_bpf__cpu_in_runtime()) {
+		skipped[cpu]++;
+		return;
+	}
 	kt_bpf_hook_run(KT_BPF_HOOK_TIMER, &ctx, &r0);
 }
 
@@ -98,7 +105,7 @@ int kt_bpf_timer_start(unsigned vector, uint32_t period_us)
 	r = kt_irq_set_handler(vector, timer_tick);
 	if (r < 0)
 		return r;
-	ticks[cpu] = 0;
+	ticks[cpu] = skipped[cpu] = 0;
 	period[cpu] = period_us;
 	lapic_write(LAPIC_TIMER_DIV, TIMER_DIV_1);
 	lapic_write(LAPIC_LVT_TIMER, LVT_PERIODIC | vector);
@@ -117,4 +124,11 @@ uint64_t kt_bpf_timer_ticks(void)
 	unsigned cpu = kt_cpu_id();
 
 	return cpu < KT_MAX_CPUS ? ticks[cpu] : 0;
+}
+
+uint64_t kt_bpf_timer_skipped(void)
+{
+	unsigned cpu = kt_cpu_id();
+
+	return cpu < KT_MAX_CPUS ? skipped[cpu] : 0;
 }

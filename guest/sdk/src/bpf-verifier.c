@@ -81,6 +81,7 @@ static struct {
 	uint16_t live[KT_BPF_MAX_INSNS], use[KT_BPF_MAX_INSNS], def[KT_BPF_MAX_INSNS];
 	/* relevance: registers whose range can matter, and its transfer (see liveness) */
 	uint16_t rel[KT_BPF_MAX_INSNS], kill[KT_BPF_MAX_INSNS], gen[KT_BPF_MAX_INSNS], cond[KT_BPF_MAX_INSNS], cgen[KT_BPF_MAX_INSNS];
+	uint8_t call_map[KT_BPF_MAX_INSNS]; /* kt_bpf__verify_call_maps() */
 	struct node *at_pc[KT_BPF_MAX_INSNS];
 	struct node *bucket[HASH_BUCKETS];
 	uint32_t node_used, work_used;
@@ -1104,8 +1105,12 @@ static int call(uint32_t pc, struct state *st, int32_t id)
 		}
 		if (want)
 			return fail(pc, "helper %s arg%u (r%u): expected %s, got %s", h->name, r, r, want, type_name(a));
-		if (kind == A_MAP)
+		if (kind == A_MAP) {
 			map = a->map;
+			/* for the JIT: the map this call gets on every path (pruned paths are covered) */
+			uint8_t *seen = &v.call_map[pc];
+			*seen = *seen == 0 || *seen == map + 1 ? (uint8_t)(map + 1) : KT_BPF_CALL_MAP_MIXED;
+		}
 		if (kind == A_KEY || kind == A_VALUE) {
 			const struct what w = { h->name, r, kind == A_VALUE, 0 };
 			int64_t at;
@@ -1269,6 +1274,11 @@ static int explore(void)
 	}
 }
 
+const uint8_t *kt_bpf__verify_call_maps(void)
+{
+	return v.call_map;
+}
+
 int kt_bpf__verify(const struct kt_bpf_insn *insns, uint32_t n, const struct kt_bpf_map_shape *maps, uint32_t nmaps,
 		   uint32_t ctx_size, uint32_t budget, struct kt_bpf_verify_error *err)
 {
@@ -1290,6 +1300,7 @@ int kt_bpf__verify(const struct kt_bpf_insn *insns, uint32_t n, const struct kt_
 	memset(v.live, 0, n * sizeof v.live[0]);
 	memset(v.rel, 0, n * sizeof v.rel[0]);
 	memset(v.at_pc, 0, n * sizeof v.at_pc[0]);
+	memset(v.call_map, 0, n);
 	memset(v.bucket, 0, sizeof v.bucket);
 	TRY(static_checks());
 	liveness();

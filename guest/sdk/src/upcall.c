@@ -9,6 +9,17 @@ static volatile uint32_t events;
 static kt_upcall_load_fn load_handler;
 static kt_upcall_unload_fn unload_handler;
 static uint8_t program[KT_UPCALL_MAX_PROGRAM] __attribute__((aligned(8)));
+static int has_copy, use_copy;
+
+/* COPY's target: the program buffer (identity-mapped, so its address is its GPA). */
+static void point_copy_at_buffer(void)
+{
+	uint64_t gpa = (uint64_t)(uintptr_t)program;
+
+	kt_upcall_write(KT_UPCALL_COPY_ADDR_LO, (uint32_t)gpa);
+	kt_upcall_write(KT_UPCALL_COPY_ADDR_HI, (uint32_t)(gpa >> 32));
+	kt_upcall_write(KT_UPCALL_COPY_LEN, sizeof(program));
+}
 
 static void on_interrupt(unsigned vector)
 {
@@ -28,9 +39,21 @@ int kt_upcall_init(unsigned vector)
 		if (r < 0)
 			return r;
 	}
+	uint32_t features = kt_upcall_read(KT_UPCALL_FEATURES);
+
+	has_copy = features != 0xffffffffU && (features & KT_UPCALL_FEATURE_COPY);
+	kt_upcall_use_copy(1);
 	/* A command posted before this write is interrupted for once the vector is set. */
 	kt_upcall_write(KT_UPCALL_IRQ_VECTOR, vector);
 	return 0;
+}
+
+int kt_upcall_use_copy(int enable)
+{
+	use_copy = enable && has_copy;
+	if (use_copy)
+		point_copy_at_buffer();
+	return use_copy;
 }
 
 void kt_upcall_set_handlers(kt_upcall_load_fn load, kt_upcall_unload_fn unload)
@@ -40,7 +63,7 @@ void kt_upcall_set_handlers(kt_upcall_load_fn load, kt_upcall_unload_fn unload)
 }
 
 /* Copies len bytes of the current program through the window (len <= KT_UPCALL_MAX_PROGRAM). */
-static void copy_program(uint32_t len)
+static void read_window(uint32_t len)
 {
 	for (uint32_t page = 0; page < len; page += 0x800) {
 		kt_upcall_write(KT_UPCALL_DATA_OFFSET, page);
@@ -51,6 +74,29 @@ static void copy_program(uint32_t len)
 			for (uint32_t b = 0; b < 4 && page + i + b < len; b++)
 				program[page + i + b] = (uint8_t)(w >> (8 * b));
 		}
+	}
+}
+
+/*
+ * Has the device write command seq's program (len bytes) into the buffer: 0, or COPY_STATUS's
+ * error. The buffer registers are shared device state another vCPU may have moved: on -EFAULT or
+ * -ENOSPC point them back once and retry.
+ */
+static int copy_program(uint32_t seq, uint32_t len)
+{
+	if (!use_copy) {
+		read_window(len);
+		return 0;
+	}
+	for (int tries = 0;; tries++) {
+		kt_upcall_write(KT_UPCALL_COPY, seq);
+		int32_t r = (int32_t)kt_upcall_read(KT_UPCALL_COPY_STATUS);
+
+		if (r >= 0)
+			return (uint32_t)r == len ? 0 : -KT_EFAULT;
+		if (tries > 0 || (r != -KT_EFAULT && r != -KT_ENOSPC))
+			return r;
+		point_copy_at_buffer();
 	}
 }
 
@@ -74,8 +120,9 @@ int kt_upcall_poll(void)
 		} else if (!load_handler) {
 			status = -KT_EOPNOTSUPP;
 		} else {
-			copy_program(len);
-			status = load_handler(hook, program, len, &pc);
+			status = copy_program(seq, len);
+			if (status == 0)
+				status = load_handler(hook, program, len, &pc);
 		}
 	} else if (cmd == KT_UPCALL_CMD_UNLOAD) {
 		status = unload_handler ? unload_handler(hook) : -KT_EOPNOTSUPP;

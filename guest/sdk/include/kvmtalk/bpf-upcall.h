@@ -52,6 +52,12 @@ void kt_bpf_timer_stop(void);
 /** Ticks this vCPU has taken since kt_bpf_timer_start. */
 uint64_t kt_bpf_timer_ticks(void);
 
+/**
+ * Ticks whose program did not run because they interrupted this vCPU inside the runtime (holding
+ * or waiting for a map lock the program might need: running it then could spin forever).
+ */
+uint64_t kt_bpf_timer_skipped(void);
+
 #ifdef __cplusplus
 }
 #endif

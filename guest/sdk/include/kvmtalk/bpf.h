@@ -123,6 +123,23 @@ uint64_t kt_bpf_map_directory(void);
 long kt_bpf_jit_compile(const struct kt_bpf_insn *insns, uint32_t n, kt_bpf_helper_fn (*helper)(int32_t id),
 			uint8_t *code, unsigned long cap);
 
+/** An array map as the JIT needs it to inline lookups: value i is at data + i * round_up(value_size, 8). */
+struct kt_bpf_jit_array {
+	uint64_t data;
+	uint32_t value_size, max_entries;
+};
+
+/**
+ * kt_bpf_jit_compile, with array-map lookups inlined as Linux does: arrays (n entries, or NULL
+ * for none) gives, for the slot of a `call 1` (map_lookup_elem), the array map that r1 holds
+ * there on every path (what the verifier proved), or NULL to call the helper. Such a call becomes
+ * r0 = (u32 key at r2) < max_entries ? data + key * stride : 0, and leaves r1-r5 as they were
+ * (a call clobbers them anyway). Entries for other slots are ignored. -KT_EINVAL for a map whose
+ * stride does not fit in 31 bits.
+ */
+long kt_bpf_jit_compile_inline(const struct kt_bpf_insn *insns, uint32_t n, kt_bpf_helper_fn (*helper)(int32_t id),
+			       const struct kt_bpf_jit_array *const *arrays, uint8_t *code, unsigned long cap);
+
 #ifdef __cplusplus
 }
 #endif

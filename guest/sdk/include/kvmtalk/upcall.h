@@ -40,10 +40,23 @@ extern "C" {
 #define KT_UPCALL_MAP_DIR_LO      0x03c
 #define KT_UPCALL_MAP_DIR_HI      0x040
 #define KT_UPCALL_HOST_CPUS       0x044
+#define KT_UPCALL_COPY_ADDR_LO    0x048
+#define KT_UPCALL_COPY_ADDR_HI    0x04c
+#define KT_UPCALL_COPY_LEN        0x050
+#define KT_UPCALL_COPY            0x054
+#define KT_UPCALL_COPY_STATUS     0x058
+#define KT_UPCALL_FEATURES        0x05c
 #define KT_UPCALL_WINDOW          0x800
 
 #define KT_UPCALL_MAGIC_VALUE 0x5055544bU /* "KTUP" */
 #define KT_UPCALL_VERSION_VALUE 1
+
+/* FEATURES bits. A device without FEATURES reads it as 0xffffffff (reserved): no features. */
+#define KT_UPCALL_FEATURE_COPY (1U << 0)
+
+/* COPY_STATUS errors besides -KT_ENOENT (no command) and -KT_EFAULT (buffer outside RAM). */
+#define KT_ENOSPC 28  /* COPY_LEN smaller than DATA_LEN */
+#define KT_ESTALE 116 /* the value written to COPY is not COMMAND_SEQ */
 
 /* IRQ_STATUS bits. */
 #define KT_UPCALL_IRQ_CMD_PENDING   (1U << 0)
@@ -85,18 +98,28 @@ typedef int (*kt_upcall_unload_fn)(uint32_t hook);
 /*
  * Checks MAGIC and VERSION (-KT_ENODEV for another device, -KT_EOPNOTSUPP for another
  * register-model version), installs the interrupt handler for vector and writes IRQ_VECTOR.
- * vector 0 = no interrupts: the guest polls. Returns 0 or a negative KT_E* error (also
- * kt_irq_set_handler's for a bad vector).
+ * When the device has COPY (FEATURES), points COPY_ADDR/COPY_LEN at the driver's buffer and
+ * uses COPY from then on. vector 0 = no interrupts: the guest polls. Returns 0 or a negative
+ * KT_E* error (also kt_irq_set_handler's for a bad vector).
  */
 int kt_upcall_init(unsigned vector);
+
+/*
+ * Whether kt_upcall_poll copies programs with COPY (2 MMIO exits) rather than through the DATA
+ * window (one exit per 4 bytes). enable = 0 forces the window; enable = 1 uses COPY if the device
+ * has it. Returns whether COPY is used now. Call after kt_upcall_init.
+ */
+int kt_upcall_use_copy(int enable);
 
 /* The handlers kt_upcall_poll calls; NULL answers that command with -KT_EOPNOTSUPP. */
 void kt_upcall_set_handlers(kt_upcall_load_fn load, kt_upcall_unload_fn unload);
 
 /*
- * Services the pending command, if any: copies the program into a static buffer through the
- * DATA window, calls the handler, writes STATUS / STATUS_PC and ACKs. Returns 1 if it serviced
- * one, 0 if none was pending. Not reentrant: call it from one vCPU at a time.
+ * Services the pending command, if any: copies the program into a static buffer (COPY, or the
+ * DATA window), calls the handler, writes STATUS / STATUS_PC and ACKs. A COPY the device refuses
+ * (the host withdrew the command meanwhile) is answered with its error, without the handler.
+ * Returns 1 if it serviced one, 0 if none was pending. Not reentrant: call it from one vCPU at a
+ * time.
  */
 int kt_upcall_poll(void);
 
