@@ -6,7 +6,7 @@ INLINE u32 loop(const u8 *pkt)
 	u64 x = (u64)pkt[0] << 8 | pkt[1] | 1;
 
 #pragma clang loop unroll(disable)
-	for (u32 i = 0; i < 100; i++) {
+	for (u64 i = 0; i < 100; i++) {
 		x ^= x << 13;
 		x ^= x >> 7;
 		x ^= x << 17;
