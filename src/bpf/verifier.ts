@@ -294,7 +294,7 @@ class Verifier {
         case 'jmp': u |= b(insn.dst); if (d.source === 'reg') u |= b(insn.src); g = u; succ[pc]!.push(this.target(pc)!); break;
         case 'ja': fall = false; succ[pc]!.push(this.target(pc)!); break;
         case 'call': {
-          const h = this.helpers.get(insn.imm);
+          const h = d.op === 'helper' ? this.helpers.get(insn.imm) : undefined;
           for (let i = 1; i <= (h ? h.args.length : 5); i++) {
             u |= b(i);
             if (h?.args[i - 1] !== 'scalar') g |= b(i);
