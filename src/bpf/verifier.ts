@@ -65,6 +65,13 @@ export const DEFAULT_MAX_STATES = 1_000_000;
 const STACK = 512;
 const SAFE = Number.MAX_SAFE_INTEGER;
 const U32MAX = 0xffff_ffff;
+/**
+ * Pointer offsets stay within ±2^29 (Linux's BPF_MAX_VAR_OFF): pointer arithmetic that could
+ * leave this window is refused, so offset ranges are always small exact integers.
+ */
+const MAX_OFF = 2 ** 29;
+/** lddw sources that name a map by its index in `maps`. */
+const MAP_LDDW = new Set(['map_by_fd', 'map_by_idx', 'map_val_by_fd', 'map_val_by_idx']);
 
 // ------------------------------------------------------------------ abstract values
 type Reg =
@@ -232,6 +239,8 @@ class Verifier {
         throw e;
       }
       this.info[pc] = d;
+      // also in unreachable code: the loader resolves every map reference
+      if (d.kind === 'lddw' && MAP_LDDW.has(d.op) && !this.maps.has(insn.imm)) errors.push(this.err(pc, `unknown map ${insn.imm}`));
       const t = this.target(pc);
       if (t !== undefined) {
         if (t < 0 || t >= this.n) errors.push(this.err(pc, `jump out of range: target ${t} outside [0, ${this.n})`));
@@ -496,6 +505,12 @@ class Verifier {
         if (src.t !== 's') throw new Fail(pc, `atomic operand r${insn.src} must be a scalar, not a ${typeName(src)}`);
         if (d.op === 'cmpxchg') this.read(st, pc, 0);
         this.access(st, pc, insn.dst, insn.off, d.width / 8, 'read');
+        // contexts, map values and the stack are 8-byte aligned, so the offset decides; a
+        // misaligned atomic can split a cache line (a bus lock, fatal under split-lock detection)
+        const p = st.regs[insn.dst] as { lo: number; hi: number };
+        if (p.lo !== p.hi || (p.lo + insn.off) % (d.width / 8) !== 0) {
+          throw new Fail(pc, `misaligned atomic access: offset ${rangeText(p.lo + insn.off, p.hi + insn.off)} is not ${d.width / 8}-byte aligned`);
+        }
         this.access(st, pc, insn.dst, insn.off, d.width / 8, 'write', UNKNOWN);
         const res = d.width === 32 ? U32 : UNKNOWN;
         if (d.op === 'cmpxchg') this.write(st, pc, 0, res);
@@ -522,9 +537,8 @@ class Verifier {
       return v >= 0n && v <= BigInt(SAFE) ? konst(Number(v)) : UNKNOWN;
     }
     const hi = insn.imm64 === undefined ? 0 : Number(BigInt.asIntN(32, BigInt.asUintN(64, insn.imm64) >> 32n));
-    if (op === 'map_by_fd' || op === 'map_by_idx' || op === 'map_val_by_fd' || op === 'map_val_by_idx') {
-      const m = this.maps.get(insn.imm);
-      if (!m) throw new Fail(pc, `unknown map ${insn.imm}`);
+    if (MAP_LDDW.has(op)) {
+      // the static checks made sure the map exists
       if (op === 'map_by_fd' || op === 'map_by_idx') return { t: 'map', map: insn.imm };
       return { t: 'mv', map: insn.imm, lo: hi, hi, nul: false, id: 0 };
     }
@@ -567,16 +581,12 @@ class Verifier {
     if (isPtr(dst) || isPtr(src)) {
       // pointer +/- scalar keeps the pointer with an adjusted offset range; anything else is a scalar
       if (isPtr(dst) && src.t === 's' && (d.op === 'add' || d.op === 'sub')) {
-        let lo: number;
-        let hi: number;
-        if (d.source === 'imm') lo = hi = d.op === 'add' ? insn.imm : -insn.imm;
-        else if (d.op === 'add') [lo, hi] = [src.lo, src.hi];
-        else [lo, hi] = [-src.hi, -src.lo];
-        this.write(st, pc, insn.dst, { ...dst, lo: dst.lo + lo, hi: dst.hi + hi });
+        const [lo, hi] = d.source === 'imm' ? [insn.imm, insn.imm] : [src.lo, src.hi];
+        this.write(st, pc, insn.dst, movePointer(pc, dst, d.op === 'add' ? lo : -hi, d.op === 'add' ? hi : -lo));
         return;
       }
       if (isPtr(src) && dst.t === 's' && d.op === 'add') {
-        this.write(st, pc, insn.dst, { ...src, lo: src.lo + dst.lo, hi: src.hi + dst.hi });
+        this.write(st, pc, insn.dst, movePointer(pc, src, dst.lo, dst.hi));
         return;
       }
       this.write(st, pc, insn.dst, UNKNOWN);
@@ -720,7 +730,22 @@ class Verifier {
   }
 }
 
-// ------------------------------------------------------------------ scalar helpers
+// ------------------------------------------------------------------ pointer and scalar helpers
+const bound = (x: number): string => (Math.abs(x) === Infinity ? (x < 0 ? '-inf' : 'inf') : `${x}`);
+const rangeText = (lo: number, hi: number): string => (lo === hi ? bound(lo) : `${bound(lo)}..${bound(hi)}`);
+
+/**
+ * Pointer `p` moved by a scalar in [lo, hi] (negated for a subtraction); refused when the scalar
+ * or the resulting offsets leave ±MAX_OFF. Both checks keep every sum here exact: without
+ * them, offsets beyond 2^53 would round and a far excursion could come back "in bounds".
+ */
+function movePointer<P extends { lo: number; hi: number }>(pc: number, p: P, lo: number, hi: number): P {
+  if (lo < -MAX_OFF || hi > MAX_OFF) throw new Fail(pc, `pointer arithmetic: the offset moves by ${rangeText(lo, hi)}, beyond ±${MAX_OFF} (bound the scalar first)`);
+  const moved = { ...p, lo: p.lo + lo, hi: p.hi + hi };
+  if (moved.lo < -MAX_OFF || moved.hi > MAX_OFF) throw new Fail(pc, `pointer arithmetic out of range: offset ${rangeText(moved.lo, moved.hi)} leaves ±${MAX_OFF}`);
+  return moved;
+}
+
 const TWO32 = 2 ** 32;
 
 /** The low 32 bits of a scalar: exact when its range lies within one 2^32-aligned window. */

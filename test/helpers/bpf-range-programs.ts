@@ -38,18 +38,28 @@ export const RANGE_ACCEPTED: [string, string][] = [
   ['rsh by a register with a known range', valueAt('r1 = *(u32 *)(r6 + 0)\nr2 = *(u8 *)(r6 + 4)\nr2 &= 3\nr1 >>= r2\nr1 >>= 28')],
   ['or, xor, then a mask', valueAt('r1 = *(u32 *)(r6 + 0)\nr1 |= 3\nr1 ^= 1\nr1 &= 12')],
   ['counters on three branches that only feed r0', classes(16, 'r0 = r7\nr0 <<= 16\nr0 |= r8\nr0 <<= 16\nr0 |= r9')],
+  ['a 32-bit shift by 60 is a shift by 28 (the count is taken mod 32)', valueAt('r1 = *(u32 *)(r6 + 0)\nw1 >>= 60')],
+  ['pointer offsets up to ±2^29', 'r2 = r1\nr2 += 536870912\nr3 = 536870912\nr2 -= r3\nr2 -= r3\nr2 += r3\nr0 = *(u8 *)(r2 + 15)\nexit'],
   ['a branch counter used as an offset after the loop', classes(15, 'r2 = r6\nr2 += r7\nr0 = *(u8 *)(r2 + 0)\nr0 += r8')],
 ];
 
 /** [what, program, pc, reason fragment]: unsafe programs and where both verifiers stop them. */
 export const RANGE_REJECTED: [string, string, number, string][] = [
   ['a mask one bit too wide', valueAt('r1 = *(u32 *)(r6 + 0)\nr1 &= 31'), 11, 'offset 0..31'],
-  ['a zero-extended u32 is not bounded', contextAt('r1 = *(u32 *)(r6 + 0)\nr1 <<= 32\nr1 >>= 32'), 6, 'context access out of bounds'],
-  ['arsh keeps the sign (rsh would give 0..15)', contextAt('r1 = *(u64 *)(r6 + 0)\nr1 s>>= 60'), 5, 'context access out of bounds'],
-  ['a JMP32 bound says nothing of the upper half', contextAt('r1 = *(u64 *)(r6 + 0)\nif w1 > 8 goto out'), 5, 'context access out of bounds'],
-  ['mod by a register that may be 0 leaves the value', contextAt('r1 = *(u32 *)(r6 + 0)\nr2 = *(u8 *)(r6 + 4)\nr1 %= r2'), 6, 'context access out of bounds'],
+  ['a zero-extended u32 is not bounded', contextAt('r1 = *(u32 *)(r6 + 0)\nr1 <<= 32\nr1 >>= 32'), 5, 'moves by 0..4294967295'],
+  ['arsh keeps the sign (rsh would give 0..15)', contextAt('r1 = *(u64 *)(r6 + 0)\nr1 s>>= 60'), 4, 'moves by 0..inf'],
+  ['a JMP32 bound says nothing of the upper half', contextAt('r1 = *(u64 *)(r6 + 0)\nif w1 > 8 goto out'), 4, 'moves by 0..inf'],
+  ['mod by a register that may be 0 leaves the value', contextAt('r1 = *(u32 *)(r6 + 0)\nr2 = *(u8 *)(r6 + 4)\nr1 %= r2'), 5, 'moves by 0..4294967295'],
   ['a 64-bit bound of a 32-bit wrapped value', contextAt('r1 = *(u8 *)(r6 + 0)\nw1 += -48\nif r1 > 9 goto out\nr1 += 7'), 7, 'offset 7..16'],
   ['a loop one byte too long', 'r6 = r1\nr0 = 0\nr5 = 0\nl:\nr2 = r6\nr2 += r5\nr2 = *(u8 *)(r2 + 0)\nr0 += r2\nr5 += 1\nif r5 < 17 goto l\nexit', 5, 'offset 16'],
+  ['a 32-bit shift count is taken mod 32: w1 >>= 40 shifts by 8', contextAt('w1 = -1\nw1 >>= 40'), 5, 'offset 16777215'],
+  ['a shift by a register known to be >= the width is not a shift to 0', contextAt('w1 = -1\nw2 = 40\nw1 >>= w2'), 5, 'moves by 1..4294967295'],
+  ['le64 of the 32-bit class (0xd4, imm 64) keeps all 64 bits', contextAt('r1 = 0x1000000000000 ll\nr1 = le64 r1\nr1 >>= 32'), 7, 'offset 65536'],
+  ['be64 of the 32-bit class (0xdc, imm 64) swaps all 64 bits', contextAt('r1 = *(u8 *)(r6 + 0)\nr1 = be64 r1\nr1 >>= 56'), 6, 'offset 0..255'],
+  // 2^52 added 256 times, +100, subtracted 256 times: saturating or rounding offsets came back as 0
+  ['pointer offsets far outside ±2^29 (the real one ends at 100)', `r2 = 0x10000000000000 ll\n${'r1 += r2\n'.repeat(256)}r1 += 100\n${'r1 -= r2\n'.repeat(256)}r0 = *(u8 *)(r1 + 0)\nexit`, 2, 'moves by 4503599627370496'],
+  ['a pointer offset may not leave ±2^29 even on the way', `r2 = 0x10000000 ll\n${'r1 += r2\n'.repeat(3)}${'r1 -= r2\n'.repeat(3)}r0 = *(u8 *)(r1 + 0)\nexit`, 4, 'offset 805306368 leaves'],
+  ['subtracting an unbounded scalar from a pointer', 'r2 = r1\nr3 = *(u64 *)(r1 + 0)\nr2 -= r3\nr0 = *(u8 *)(r2 + 0)\nexit', 2, 'moves by -inf..0'],
   ['a branch counter that can reach the end of the context', classes(16, 'r2 = r6\nr2 += r7\nr0 = *(u8 *)(r2 + 0)\nr0 += r8'), 19, 'offset 16'],
 ];
 

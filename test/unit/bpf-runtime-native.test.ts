@@ -240,6 +240,8 @@ const ACCEPTED = [
   `*(u32 *)(r10 - 4) = 1\n*(u64 *)(r10 - 24) = 7\n*(u64 *)(r10 - 16) = 8\nr1 = map_by_fd(0) ll\nr2 = r10\nr2 += -4\nr3 = r10\nr3 += -24\nr4 = 0\ncall 2\nexit`,
   'call 5\nr6 = r0\ncall 7\nr0 += r6\ncall 8\nexit',
   `*(u64 *)(r10 - 8) = 3\nr1 = map_by_fd(1) ll\nr2 = r10\nr2 += -8\ncall 3\nexit`,
+  'r2 = 1\nlock *(u32 *)(r1 + 4) += r2\nlock *(u64 *)(r1 + 8) += r2\n*(u64 *)(r10 - 16) = 0\nlock *(u64 *)(r10 - 16) += r2\nr0 = 0\nexit',
+  `${LOOKUP}\nif r0 == 0 goto out\nr1 = 1\nlock *(u64 *)(r0 + 8) += r1\nout:\nr0 = 0\nexit`,
 ];
 /** [program, pc, reason fragment]: one per class of unsafe program. */
 const REJECTED: [string, number, string][] = [
@@ -266,6 +268,11 @@ const REJECTED: [string, number, string][] = [
   ['*(u64 *)(r10 - 8) = 0\nr1 = map_by_fd(0) ll\nr2 = r10\nr2 += -8\nr3 = r10\nr3 += -8\nr4 = 0\ncall 2\nexit', 8, 'map-value'],
   ['*(u64 *)(r10 - 8) = 0\nr1 = map_by_fd(1) ll\nr2 = r10\nr2 += -8\nr3 = r10\nr3 += -8\ncall 2\nexit', 7, 'arg4 (r4)'],
   ['r1 = map_by_fd(5) ll\nr0 = 0\nexit', 0, 'unknown map 5'],
+  // loading resolves every map reference, reachable or not (this one crashed the loader)
+  ['r0 = 0\nexit\nr1 = map_by_fd(2147483647) ll\nexit', 2, 'unknown map 2147483647'],
+  ['r1 = 0\n*(u64 *)(r10 - 16) = r1\n*(u64 *)(r10 - 8) = r1\nr2 = 1\nlock *(u64 *)(r10 - 12) += r2\nr0 = 0\nexit', 4, 'misaligned atomic access: offset -12'],
+  ['r2 = 1\nw2 = atomic_fetch_add((u32 *)(r1 + 2), w2)\nr0 = 0\nexit', 1, 'not 4-byte aligned'],
+  [`${LOOKUP}\nif r0 == 0 goto out\nr1 = *(u8 *)(r6 + 0)\nr1 &= 8\nr0 += r1\nr1 = 1\nlock *(u64 *)(r0 + 0) += r1\nout:\nr0 = 0\nexit`, 12, 'offset 0..8 is not 8-byte aligned'],
   ['r0 = 0\ngoto +5\nexit', 1, 'jump out of range'],
   ['goto +1\nr1 = 0x123456789 ll\nr0 = 0\nexit', 0, 'middle of lddw'],
   ['r0 = 0', 0, 'falls off the end'],

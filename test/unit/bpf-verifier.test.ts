@@ -174,6 +174,24 @@ describe('bpf verifier: rejections', () => {
     rejects('r1 = 0\nr2 = 1\ncall 3\nr0 = 0\nexit', 2, 'expected context pointer');
     rejects('r1 = r10\nr1 += -600\nr2 = 0\ncall 5\nexit', 3, 'outside [-512, 0)');
   });
+  test('map references are checked in unreachable code too (the loader resolves them all)', () => {
+    rejects('r0 = 0\nexit\nr1 = map_by_idx(2) ll\nexit', 2, 'unknown map 2');
+    rejects('r0 = 0\nexit\nr1 = map_val_by_idx(9) ll\nexit', 2, 'unknown map 9');
+    rejects('r0 = 0\nexit\nr1 = map_by_idx(0) ll\nexit', 2, 'unknown map 0', { ...OPTS, maps: undefined });
+    ok('r0 = 0\nexit\nr1 = map_by_idx(1) ll\nexit');
+  });
+  test('misaligned atomics', () => {
+    rejects('r1 = 0\n*(u64 *)(r10 - 16) = r1\n*(u64 *)(r10 - 8) = r1\nr2 = 1\nlock *(u64 *)(r10 - 12) += r2\nr0 = 0\nexit', 4, 'offset -12 is not 8-byte aligned');
+    rejects('r2 = 1\nlock *(u32 *)(r1 + 6) += r2\nr0 = 0\nexit', 1, 'offset 6 is not 4-byte aligned');
+    rejects(`${LOOKUP}\nif r0 == 0 goto +5\nr1 = *(u8 *)(r6 + 0)\nr1 &= 8\nr0 += r1\nr1 = 1\nlock *(u64 *)(r0 + 0) += r1\nr0 = 0\nexit`, 12, 'offset 0..8 is not 8-byte aligned');
+    ok('r2 = 1\nlock *(u32 *)(r1 + 4) += r2\nlock *(u64 *)(r1 + 8) += r2\nr0 = 0\nexit');
+  });
+  test('pointer offsets stay within ±2^29', () => {
+    rejects('r1 += 536870913\nr0 = 0\nexit', 0, 'moves by 536870913');
+    rejects('r1 += -536870912\nr1 += -1\nr0 = 0\nexit', 1, 'offset -536870913 leaves');
+    rejects('r2 = *(u32 *)(r1 + 0)\nr2 += r1\nr0 = 0\nexit', 1, 'moves by 0..4294967295');
+    ok('r1 += -536870912\nr1 += 536870912\nr0 = *(u8 *)(r1 + 0)\nexit');
+  });
   test('bad jumps', () => {
     rejects('r0 = 0\ngoto +5\nexit', 1, 'jump out of range');
     rejects('goto +1\nr1 = 0x123456789 ll\nr0 = 0\nexit', 0, 'middle of lddw');

@@ -26,7 +26,9 @@
 #define U32MAX ((int64_t)0xffffffff)
 #define INF INT64_MAX
 #define NINF (-INT64_MAX)
-#define BIG ((int64_t)1 << 60) /* finite pointer offsets saturate here (far out of any bounds) */
+/* Pointer offsets stay within ±2^29 (Linux's BPF_MAX_VAR_OFF): arithmetic that could leave it is
+ * refused, so offset ranges are always small and exact. */
+#define MAX_OFF ((int64_t)1 << 29)
 
 enum { T_U, T_S, T_FP, T_CTX, T_MV, T_MAP };
 
@@ -118,19 +120,30 @@ static int is_ptr(const struct reg *r)
 	return r->t == T_FP || r->t == T_CTX || r->t == T_MV;
 }
 
-/* Saturating range arithmetic: INF and NINF absorb, finite results clamp to ±BIG. */
-static int64_t sadd(int64_t a, int64_t b)
-{
-	if (a == NINF || b == NINF)
-		return NINF;
-	if (a == INF || b == INF)
-		return INF;
-	int64_t s = a + b; /* |a|, |b| <= BIG or SAFE: no overflow */
-	return s > BIG ? BIG : s < -BIG ? -BIG : s;
-}
+/* -a for a range end: INF and NINF swap */
 static int64_t sneg(int64_t a)
 {
 	return a == INF ? NINF : a == NINF ? INF : -a;
+}
+
+static const char *bound_text(int64_t x, char *buf, size_t len)
+{
+	if (x == INF || x == NINF)
+		return x == INF ? "inf" : "-inf";
+	kt_snprintf(buf, len, "%lld", (long long)x);
+	return buf;
+}
+
+/* "lo..hi", or "k" when lo == hi; the ends may be ±inf. */
+static const char *range_text(int64_t lo, int64_t hi, char *buf, size_t len)
+{
+	char sa[24], sb[24];
+	const char *a = bound_text(lo, sa, sizeof sa), *b = bound_text(hi, sb, sizeof sb);
+	if (lo == hi)
+		kt_snprintf(buf, len, "%s", a);
+	else
+		kt_snprintf(buf, len, "%s..%s", a, b);
+	return buf;
 }
 
 static const char *type_name(const struct reg *r)
@@ -386,6 +399,11 @@ static int static_checks(void)
 		if (v.second[pc])
 			continue;
 		TRY(decode(pc, &v.info[pc]));
+		/* also in unreachable code: the loader resolves every map reference */
+		const struct info *d = &v.info[pc];
+		int32_t imm = v.insns[pc].imm;
+		if (d->kind == K_LDDW && (d->op == 1 || d->op == 2 || d->op == 5 || d->op == 6) && (imm < 0 || (uint32_t)imm >= v.nmaps))
+			return fail(pc, "unknown map %d", imm);
 		if (v.info[pc].kind == K_JMP || v.info[pc].kind == K_JA) {
 			int32_t t = target(pc);
 			if (t < 0 || (uint32_t)t >= v.n)
@@ -735,7 +753,7 @@ static int check_stack(const struct state *st, uint32_t pc, const struct reg *p,
 	char what[64];
 	if (p->lo != p->hi)
 		return fail(pc, "%s: variable-offset stack access", what_text(w, what, sizeof what));
-	int64_t a = sadd(p->lo, off);
+	int64_t a = p->lo + off;
 	if (a < -STACK || a + size > 0)
 		return fail(pc, "%s: stack access out of bounds: offset %lld size %u outside [-512, 0)", what_text(w, what, sizeof what), (long long)a, size);
 	if (read)
@@ -783,19 +801,14 @@ static int access(struct state *st, uint32_t pc, unsigned r, int16_t off, uint32
 		if (p->t == T_MV && p->nul)
 			return fail(pc, "%s: possibly NULL map value pointer, a null check is required before dereference", what_text(&w, what, sizeof what));
 		int64_t limit = p->t == T_CTX ? v.ctx_size : v.maps[p->map].value_size;
-		int64_t lo = sadd(p->lo, off), hi = sadd(p->hi, off);
-		if (!(lo >= 0 && hi != INF && hi + size <= limit)) {
+		int64_t lo = p->lo + off, hi = p->hi + off;
+		if (!(lo >= 0 && hi + size <= limit)) {
 			char range[64];
-			if (lo == hi)
-				kt_snprintf(range, sizeof range, "offset %lld", (long long)lo);
-			else if (hi == INF)
-				kt_snprintf(range, sizeof range, "offset %lld..inf", (long long)lo);
-			else
-				kt_snprintf(range, sizeof range, "offset %lld..%lld", (long long)lo, (long long)hi);
+			range_text(lo, hi, range, sizeof range);
 			what_text(&w, what, sizeof what);
 			if (p->t == T_CTX)
-				return fail(pc, "%s: context access out of bounds: %s size %u (context is %lld bytes)", what, range, size, (long long)limit);
-			return fail(pc, "%s: map %u value access out of bounds: %s size %u (value is %lld bytes)", what, p->map, range, size, (long long)limit);
+				return fail(pc, "%s: context access out of bounds: offset %s size %u (context is %lld bytes)", what, range, size, (long long)limit);
+			return fail(pc, "%s: map %u value access out of bounds: offset %s size %u (value is %lld bytes)", what, p->map, range, size, (long long)limit);
 		}
 		if (size < 8)
 			*out = scalar(0, ((int64_t)1 << (size * 8)) - 1);
@@ -916,6 +929,25 @@ static struct reg scalar_op(unsigned op, int sdivmod, struct reg a, struct reg b
 	}
 }
 
+/*
+ * Pointer p moved by a scalar in [lo, hi] (negated for a subtraction); refused when the scalar or
+ * the resulting offsets leave ±MAX_OFF, which keeps every sum exact (no saturation or wrap a far
+ * excursion could come back from "in bounds").
+ */
+static int move_pointer(uint32_t pc, struct reg *p, int64_t lo, int64_t hi)
+{
+	char range[64];
+	if (lo < -MAX_OFF || hi > MAX_OFF)
+		return fail(pc, "pointer arithmetic: the offset moves by %s, beyond ±%lld (bound the scalar first)",
+			    range_text(lo, hi, range, sizeof range), (long long)MAX_OFF);
+	p->lo += lo;
+	p->hi += hi;
+	if (p->lo < -MAX_OFF || p->hi > MAX_OFF)
+		return fail(pc, "pointer arithmetic out of range: offset %s leaves ±%lld", range_text(p->lo, p->hi, range, sizeof range),
+			    (long long)MAX_OFF);
+	return 0;
+}
+
 static int alu(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, const struct info *d)
 {
 	int w32 = d->width == 32;
@@ -955,20 +987,12 @@ static int alu(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, const
 	if (is_ptr(&dst) || is_ptr(&src)) {
 		/* pointer +/- scalar keeps the pointer with an adjusted offset range; anything else is a scalar */
 		if (is_ptr(&dst) && src.t == T_S && (d->op == 0x00 || d->op == 0x10)) {
-			int64_t lo, hi;
-			if (imm_given)
-				lo = hi = d->op == 0x00 ? i->imm : -(int64_t)i->imm;
-			else if (d->op == 0x00)
-				lo = src.lo, hi = src.hi;
-			else
-				lo = sneg(src.hi), hi = sneg(src.lo);
-			dst.lo = sadd(dst.lo, lo);
-			dst.hi = sadd(dst.hi, hi);
+			int64_t lo = imm_given ? i->imm : src.lo, hi = imm_given ? i->imm : src.hi;
+			TRY(d->op == 0x00 ? move_pointer(pc, &dst, lo, hi) : move_pointer(pc, &dst, sneg(hi), sneg(lo)));
 			return wr(st, pc, dreg, dst);
 		}
 		if (is_ptr(&src) && dst.t == T_S && d->op == 0x00) {
-			src.lo = sadd(src.lo, dst.lo);
-			src.hi = sadd(src.hi, dst.hi);
+			TRY(move_pointer(pc, &src, dst.lo, dst.hi));
 			return wr(st, pc, dreg, src);
 		}
 		return wr(st, pc, dreg, UNKNOWN);
@@ -1160,9 +1184,7 @@ static int step(uint32_t pc, struct state *st, uint32_t *next, struct state *js)
 		if (d->op == 0) {
 			uint64_t k = (uint32_t)i->imm | (uint64_t)(uint32_t)v.insns[pc + 1].imm << 32;
 			TRY(wr(st, pc, dreg, k <= (uint64_t)SAFE ? konst((int64_t)k) : UNKNOWN));
-		} else if (d->op == KT_BPF_PSEUDO_MAP) {
-			if (i->imm < 0 || (uint32_t)i->imm >= v.nmaps)
-				return fail(pc, "unknown map %d", i->imm);
+		} else if (d->op == KT_BPF_PSEUDO_MAP) { /* the static checks made sure the map exists */
 			struct reg m = { T_MAP, (uint8_t)i->imm, 0, 0, 0, 0, 0 };
 			TRY(wr(st, pc, dreg, m));
 		} else {
@@ -1190,6 +1212,13 @@ static int step(uint32_t pc, struct state *st, uint32_t *next, struct state *js)
 		if (d->op == 0xf0)
 			TRY(rd(st, pc, 0, &y));
 		TRY(access(st, pc, dreg, i->off, size, 0, NULL, &y));
+		/* contexts, map values and the stack are 8-byte aligned, so the offset decides; a
+		 * misaligned atomic can split a cache line (a bus lock, fatal under split-lock detection) */
+		if (st->regs[dreg].lo != st->regs[dreg].hi || (st->regs[dreg].lo + i->off) % size) {
+			char range[64];
+			return fail(pc, "misaligned atomic access: offset %s is not %u-byte aligned",
+				    range_text(st->regs[dreg].lo + i->off, st->regs[dreg].hi + i->off, range, sizeof range), size);
+		}
 		TRY(access(st, pc, dreg, i->off, size, 1, &UNKNOWN, &y));
 		if (d->op == 0xf0)
 			st->regs[0] = size == 4 ? U32 : UNKNOWN;
