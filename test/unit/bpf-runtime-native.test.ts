@@ -23,6 +23,7 @@ import { verify, type MapSpec } from '../../src/bpf/verifier.js';
 import { buildRuntimeHost, hex, parseVerdicts, runHost, type RuntimeHost } from '../helpers/bpf-runtime-host.js';
 import { RANGE_ACCEPTED, RANGE_REJECTED, arithmeticProgram } from '../helpers/bpf-range-programs.js';
 import { rng } from '../helpers/rng.js';
+import { verifierStressPrograms } from '../helpers/bpf-stress.js';
 
 let host: RuntimeHost;
 before(() => {
@@ -660,20 +661,8 @@ describe('eBPF runtime in C: maps', () => {
 // ---------------------------------------------------------------- (e) timing
 describe('eBPF runtime in C: verification time', () => {
   test('4096-instruction straight-line and branchy programs (printed, not asserted)', () => {
-    const straight: string[] = ['r6 = r1', 'r0 = 0', 'r2 = 0'];
-    while (straight.length < 4094) {
-      const k = straight.length;
-      straight.push(k % 3 === 0 ? `*(u64 *)(r10 - ${8 * ((k % 64) + 1)}) = r0` : k % 3 === 1 ? `r2 = *(u32 *)(r6 + ${(k % 4) * 4})` : 'r0 += r2');
-    }
-    straight.push('r0 = 0', 'exit');
-    const branchy: string[] = ['r6 = r1', 'r0 = 0', '*(u64 *)(r10 - 8) = 0'];
-    while (branchy.length < 4090) {
-      const k = branchy.length;
-      branchy.push(`r2 = *(u32 *)(r6 + ${(k % 4) * 4})`, `if r2 > ${k % 100} goto +2`, 'r3 = *(u64 *)(r10 - 8)', 'r0 += r3', 'r2 = 0');
-    }
-    while (branchy.length < 4094) branchy.push('r0 += 1');
-    branchy.push('r0 = 0', 'exit');
-    const imgs = [straight, branchy].map((l) => image(l.join('\n'), []));
+    const { straight, branchy } = verifierStressPrograms();
+    const imgs = [straight, branchy].map((l) => image(l, []));
     for (const img of imgs) assert.equal(img.length, 16 + 4096 * 8);
     const a = harness(imgs.map((b) => `time ${CTX} ${hex(b)} 5`), host.plain);
     a.forEach((l, i) => {

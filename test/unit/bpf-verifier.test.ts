@@ -11,6 +11,7 @@ import { BpfInterpreter, BpfRuntimeError, type BpfHelper, type BpfRegion } from 
 import { verify, type HelperSpec, type VerifyOptions } from '../../src/bpf/verifier.js';
 import { RANGE_ACCEPTED, RANGE_REJECTED, arithmeticProgram } from '../helpers/bpf-range-programs.js';
 import { rng } from '../helpers/rng.js';
+import { verifierStressPrograms } from '../helpers/bpf-stress.js';
 
 const HELPERS: HelperSpec[] = [
   { id: 1, name: 'map_lookup_elem', args: ['map', 'map-key'], ret: 'map-value-or-null' },
@@ -251,21 +252,9 @@ describe('bpf verifier: scalar ranges', () => {
 
 describe('bpf verifier: performance', () => {
   test('4096-instruction straight-line and branchy programs verify in < 100 ms', () => {
-    const straight: string[] = ['r6 = r1', 'r0 = 0', 'r2 = 0'];
-    while (straight.length < 4094) {
-      const k = straight.length;
-      straight.push(k % 3 === 0 ? `*(u64 *)(r10 - ${8 * ((k % 64) + 1)}) = r0` : k % 3 === 1 ? `r2 = *(u32 *)(r6 + ${(k % 4) * 4})` : 'r0 += r2');
-    }
-    straight.push('r0 = 0', 'exit');
-    const branchy: string[] = ['r6 = r1', 'r0 = 0', '*(u64 *)(r10 - 8) = 0'];
-    while (branchy.length < 4090) {
-      const k = branchy.length;
-      branchy.push(`r2 = *(u32 *)(r6 + ${(k % 4) * 4})`, `if r2 > ${k % 100} goto +2`, 'r3 = *(u64 *)(r10 - 8)', 'r0 += r3', 'r2 = 0');
-    }
-    while (branchy.length < 4094) branchy.push('r0 += 1');
-    branchy.push('r0 = 0', 'exit');
+    const { straight, branchy } = verifierStressPrograms();
     for (const [name, lines] of [['straight', straight], ['branchy', branchy]] as const) {
-      const insns = assemble(lines.join('\n'));
+      const insns = assemble(lines);
       assert.equal(insns.length, 4096);
       verify(insns, OPTS); // warm up
       const t0 = performance.now();
