@@ -3,15 +3,23 @@
  * types (uninit, scalar with an unsigned [lo, hi] range, pointers to stack / context / map value
  * (possibly null) with offset ranges, map pointers), with state pruning at jump targets.
  *
+ * Scalar ranges follow 64- and 32-bit arithmetic (shifts, masks, div/mod, zero extension,
+ * JMP32 conditions) closely enough for clang's output; whatever cannot be bounded becomes unknown.
+ *
  * Loops: back-edges are allowed only when exploration terminates within the budget
  * (`maxStates` processed instructions, default 1M like Linux). Revisiting a loop head with a
  * state identical (on live registers) to one still being explored on the same path is reported
  * as an unbounded loop. Pruning against completed states uses range subsumption.
  *
+ * Precision: a backward analysis finds, per instruction, the registers whose range can still
+ * matter — it reaches a memory address, a jump condition, a helper's pointer argument or a
+ * stack store. At jump targets the other scalars are widened to unknown, so counters that only
+ * feed the return value do not multiply states (what Linux gets from precision tracking).
+ *
  * Program counters are slot indices (lddw occupies two), as in the interpreter.
  * @module
  */
-import { InvalidInstructionError, decodeProgram, describe, slotCount, type BpfInsn, type InsnInfo } from './isa.js';
+import { InvalidInstructionError, decodeProgram, describe, slotCount, type AluOp, type BpfInsn, type InsnInfo } from './isa.js';
 import { formatInsn } from './disasm.js';
 
 export type HelperArg = 'ctx' | 'map' | 'stack-ptr' | 'scalar' | 'map-key' | 'map-value';
@@ -57,6 +65,13 @@ export const DEFAULT_MAX_STATES = 1_000_000;
 const STACK = 512;
 const SAFE = Number.MAX_SAFE_INTEGER;
 const U32MAX = 0xffff_ffff;
+/**
+ * Pointer offsets stay within ±2^29 (Linux's BPF_MAX_VAR_OFF): pointer arithmetic that could
+ * leave this window is refused, so offset ranges are always small exact integers.
+ */
+const MAX_OFF = 2 ** 29;
+/** lddw sources that name a map by its index in `maps`. */
+const MAP_LDDW = new Set(['map_by_fd', 'map_by_idx', 'map_val_by_fd', 'map_val_by_idx']);
 
 // ------------------------------------------------------------------ abstract values
 type Reg =
@@ -67,9 +82,11 @@ type Reg =
   | { t: 'mv'; map: number; lo: number; hi: number; nul: boolean; id: number }
   | { t: 'map'; map: number };
 
+type SReg = Extract<Reg, { t: 's' }>;
+
 const UNINIT: Reg = { t: 'u' };
-const UNKNOWN: Reg = { t: 's', lo: 0, hi: Infinity };
-const U32: Reg = { t: 's', lo: 0, hi: U32MAX };
+const UNKNOWN: SReg = { t: 's', lo: 0, hi: Infinity };
+const U32: SReg = { t: 's', lo: 0, hi: U32MAX };
 const scalar = (lo: number, hi: number): Reg => (lo >= 0 && hi <= SAFE && lo <= hi ? { t: 's', lo, hi } : UNKNOWN);
 const konst = (v: number): Reg => scalar(v, v);
 
@@ -148,6 +165,8 @@ class Verifier {
   private readonly second: boolean[] = [];
   private readonly prune: boolean[] = [];
   private readonly live: Uint16Array;
+  /** Per pc, the registers whose scalar range can still matter (a subset of `live`). */
+  private readonly relevant: Uint16Array;
   private readonly helpers = new Map<number, HelperSpec>();
   private readonly maps = new Map<number, MapSpec>();
   private readonly budget: number;
@@ -170,6 +189,7 @@ class Verifier {
     }
     this.n = slot;
     this.live = new Uint16Array(slot);
+    this.relevant = new Uint16Array(slot);
     for (const h of opts.helpers) this.helpers.set(h.id, h);
     for (const m of opts.maps ?? []) this.maps.set(m.index, m);
     this.budget = opts.maxStates ?? DEFAULT_MAX_STATES;
@@ -219,6 +239,8 @@ class Verifier {
         throw e;
       }
       this.info[pc] = d;
+      // also in unreachable code: the loader resolves every map reference
+      if (d.kind === 'lddw' && MAP_LDDW.has(d.op) && !this.maps.has(insn.imm)) errors.push(this.err(pc, `unknown map ${insn.imm}`));
       const t = this.target(pc);
       if (t !== undefined) {
         if (t < 0 || t >= this.n) errors.push(this.err(pc, `jump out of range: target ${t} outside [0, ${this.n})`));
@@ -240,11 +262,21 @@ class Verifier {
     return undefined;
   }
 
-  /** Backward register liveness (r0..r9) so pruning ignores dead registers. */
+  /**
+   * Backward analyses over r0..r9: liveness, so pruning ignores dead registers, and relevance,
+   * so it can widen scalars whose range no longer matters. Relevance flows into what an
+   * instruction reads only when the register it computes is relevant (`cond` → `condGen`),
+   * except for addresses, jump operands, pointer arguments and stored values (`gen`), which
+   * always matter; what an instruction writes (`kill`) is not relevant before it.
+   */
   private liveness(): void {
     const n = this.n;
     const use = new Uint16Array(n);
     const def = new Uint16Array(n);
+    const kill = new Uint16Array(n);
+    const gen = new Uint16Array(n);
+    const cond = new Uint16Array(n);
+    const condGen = new Uint16Array(n);
     const succ: number[][] = [];
     for (let pc = 0; pc < n; pc++) {
       const d = this.info[pc];
@@ -254,6 +286,9 @@ class Verifier {
       const b = (r: number) => (r < 10 ? 1 << r : 0);
       let u = 0;
       let df = 0;
+      let g = 0;
+      let c = 0;
+      let cg = 0;
       const next = pc + slotCount(insn);
       let fall = true;
       switch (d.kind) {
@@ -261,41 +296,59 @@ class Verifier {
           if (d.source === 'reg') u |= b(insn.src);
           if (d.op !== 'mov' && d.op !== 'movsx') u |= b(insn.dst);
           df |= b(insn.dst);
+          c = b(insn.dst);
+          cg = u;
           break;
-        case 'end': u |= b(insn.dst); df |= b(insn.dst); break;
-        case 'jmp': u |= b(insn.dst); if (d.source === 'reg') u |= b(insn.src); succ[pc]!.push(this.target(pc)!); break;
+        case 'end': u |= b(insn.dst); df |= b(insn.dst); c = cg = b(insn.dst); break;
+        case 'jmp': u |= b(insn.dst); if (d.source === 'reg') u |= b(insn.src); g = u; succ[pc]!.push(this.target(pc)!); break;
         case 'ja': fall = false; succ[pc]!.push(this.target(pc)!); break;
         case 'call': {
-          const h = this.helpers.get(insn.imm);
-          for (let i = 1; i <= (h ? h.args.length : 5); i++) u |= b(i);
+          const h = d.op === 'helper' ? this.helpers.get(insn.imm) : undefined;
+          for (let i = 1; i <= (h ? h.args.length : 5); i++) {
+            u |= b(i);
+            if (h?.args[i - 1] !== 'scalar') g |= b(i);
+          }
           df |= 0x3f;
           break;
         }
         case 'exit': u |= 1; fall = false; break;
         case 'lddw': df |= b(insn.dst); break;
-        case 'ld': u |= b(insn.src) | b(6); df |= 0x3f; break;
-        case 'ldx': u |= b(insn.src); df |= b(insn.dst); break;
-        case 'st': u |= b(insn.dst); break;
-        case 'stx': u |= b(insn.dst) | b(insn.src); break;
+        case 'ld': u |= b(insn.src) | b(6); df |= 0x3f; g = u; break;
+        case 'ldx': u |= b(insn.src); df |= b(insn.dst); g = b(insn.src); break;
+        case 'st': u |= b(insn.dst); g = u; break;
+        case 'stx': u |= b(insn.dst) | b(insn.src); g = u; break;
         case 'atomic':
           u |= b(insn.dst) | b(insn.src);
           if (d.op === 'cmpxchg') { u |= 1; df |= 1; } else if (d.fetch) df |= b(insn.src);
+          g = u;
           break;
       }
       // A register both used and defined is used first.
       use[pc] = u;
       def[pc] = df & ~u;
+      kill[pc] = df;
+      gen[pc] = g;
+      cond[pc] = c;
+      condGen[pc] = cg;
       if (fall && next < n) succ[pc]!.push(next);
     }
-    const live = this.live;
+    const { live, relevant } = this;
     for (let changed = true; changed; ) {
       changed = false;
       for (let pc = n - 1; pc >= 0; pc--) {
         let out = 0;
-        for (const s of succ[pc]!) if (s >= 0 && s < n) out |= live[s]!;
+        let rout = 0;
+        for (const s of succ[pc]!) {
+          if (s >= 0 && s < n) {
+            out |= live[s]!;
+            rout |= relevant[s]!;
+          }
+        }
         const v = use[pc]! | (out & ~def[pc]!);
-        if (v !== live[pc]) {
+        const r = gen[pc]! | (rout & ~kill[pc]!) | (rout & cond[pc]! ? condGen[pc]! : 0);
+        if (v !== live[pc] || r !== relevant[pc]) {
           live[pc] = v;
+          relevant[pc] = r;
           changed = true;
         }
       }
@@ -364,6 +417,9 @@ class Verifier {
   }
 
   private visit(pc: number, st: State): 'loop' | 'prune' | 'new' {
+    // scalars whose range cannot matter any more: forget it (sound, and states then coincide)
+    const loose = this.live[pc]! & ~this.relevant[pc]!;
+    for (let i = 0; i < 10; i++) if (loose & (1 << i) && st.regs[i]!.t === 's') st.regs[i] = UNKNOWN;
     const key = this.stateKey(pc, st);
     const map = (this.exact[pc] ??= new Map());
     const hit = map.get(key);
@@ -420,10 +476,14 @@ class Verifier {
       case 'alu':
         this.alu(pc, st, insn, d);
         return pc + 1;
-      case 'end':
-        this.read(st, pc, insn.dst);
-        this.write(st, pc, insn.dst, d.width === 64 ? UNKNOWN : scalar(0, 2 ** d.width - 1));
+      case 'end': {
+        // le is a truncation on this little-endian machine; a swap keeps only the width
+        const v = this.read(st, pc, insn.dst);
+        let r: Reg = d.width === 64 ? UNKNOWN : scalar(0, 2 ** d.width - 1);
+        if (v.t === 's' && d.op === 'le') r = d.width === 64 ? v : d.width === 32 ? trunc32(v) : v.hi < 2 ** 16 ? v : r;
+        this.write(st, pc, insn.dst, r);
         return pc + 1;
+      }
       case 'lddw':
         this.write(st, pc, insn.dst, this.lddw(pc, insn, d.op));
         return pc + 2;
@@ -445,6 +505,12 @@ class Verifier {
         if (src.t !== 's') throw new Fail(pc, `atomic operand r${insn.src} must be a scalar, not a ${typeName(src)}`);
         if (d.op === 'cmpxchg') this.read(st, pc, 0);
         this.access(st, pc, insn.dst, insn.off, d.width / 8, 'read');
+        // contexts, map values and the stack are 8-byte aligned, so the offset decides; a
+        // misaligned atomic can split a cache line (a bus lock, fatal under split-lock detection)
+        const p = st.regs[insn.dst] as { lo: number; hi: number };
+        if (p.lo !== p.hi || (p.lo + insn.off) % (d.width / 8) !== 0) {
+          throw new Fail(pc, `misaligned atomic access: offset ${rangeText(p.lo + insn.off, p.hi + insn.off)} is not ${d.width / 8}-byte aligned`);
+        }
         this.access(st, pc, insn.dst, insn.off, d.width / 8, 'write', UNKNOWN);
         const res = d.width === 32 ? U32 : UNKNOWN;
         if (d.op === 'cmpxchg') this.write(st, pc, 0, res);
@@ -471,9 +537,8 @@ class Verifier {
       return v >= 0n && v <= BigInt(SAFE) ? konst(Number(v)) : UNKNOWN;
     }
     const hi = insn.imm64 === undefined ? 0 : Number(BigInt.asIntN(32, BigInt.asUintN(64, insn.imm64) >> 32n));
-    if (op === 'map_by_fd' || op === 'map_by_idx' || op === 'map_val_by_fd' || op === 'map_val_by_idx') {
-      const m = this.maps.get(insn.imm);
-      if (!m) throw new Fail(pc, `unknown map ${insn.imm}`);
+    if (MAP_LDDW.has(op)) {
+      // the static checks made sure the map exists
       if (op === 'map_by_fd' || op === 'map_by_idx') return { t: 'map', map: insn.imm };
       return { t: 'mv', map: insn.imm, lo: hi, hi, nul: false, id: 0 };
     }
@@ -482,14 +547,23 @@ class Verifier {
 
   private alu(pc: number, st: State, insn: BpfInsn, d: Extract<InsnInfo, { kind: 'alu' }>): void {
     const w32 = d.width === 32;
-    const src: Reg = d.source === 'reg' ? this.read(st, pc, insn.src) : w32 ? konst(insn.imm >>> 0) : insn.imm >= 0 ? konst(insn.imm) : UNKNOWN;
-    const imm = d.source === 'imm' ? insn.imm : undefined;
+    const shift = d.op === 'lsh' || d.op === 'rsh' || d.op === 'arsh';
+    // immediates: ALU32 uses the low 32 bits, shifts mask the amount, ALU64 sign-extends
+    let src: Reg;
+    let negImm: number | undefined;
+    if (d.source === 'reg') src = this.read(st, pc, insn.src);
+    else if (shift) src = konst(insn.imm & (w32 ? 31 : 63));
+    else if (w32) src = konst(insn.imm >>> 0);
+    else if (insn.imm >= 0) src = konst(insn.imm);
+    else [src, negImm] = [UNKNOWN, insn.imm];
     if (d.op === 'mov') {
       this.write(st, pc, insn.dst, w32 ? (src.t === 's' ? trunc32(src) : U32) : src);
       return;
     }
     if (d.op === 'movsx') {
-      this.write(st, pc, insn.dst, w32 ? U32 : UNKNOWN);
+      // sign extension from `from` bits changes nothing when that sign bit is clear
+      const v = src.t === 's' ? (w32 ? trunc32(src) : src) : undefined;
+      this.write(st, pc, insn.dst, v && v.hi < 2 ** (d.from! - 1) ? v : w32 ? U32 : UNKNOWN);
       return;
     }
     const dst = this.read(st, pc, insn.dst);
@@ -500,35 +574,31 @@ class Verifier {
     if (w32) {
       const a = dst.t === 's' ? trunc32(dst) : U32;
       const b = src.t === 's' ? trunc32(src) : U32;
-      const r = scalarOp(d.op, a as SReg, b as SReg, undefined);
-      this.write(st, pc, insn.dst, r.t === 's' && r.hi <= U32MAX ? r : U32);
+      this.write(st, pc, insn.dst, scalarOp(d.op, a, b, true, undefined));
       return;
     }
     const isPtr = (r: Reg): r is Extract<Reg, { lo: number }> & { t: 'fp' | 'ctx' | 'mv' } => r.t === 'fp' || r.t === 'ctx' || r.t === 'mv';
     if (isPtr(dst) || isPtr(src)) {
       // pointer +/- scalar keeps the pointer with an adjusted offset range; anything else is a scalar
       if (isPtr(dst) && src.t === 's' && (d.op === 'add' || d.op === 'sub')) {
-        let lo: number;
-        let hi: number;
-        if (imm !== undefined) lo = hi = d.op === 'add' ? imm : -imm;
-        else if (d.op === 'add') [lo, hi] = [src.lo, src.hi];
-        else [lo, hi] = [-src.hi, -src.lo];
-        this.write(st, pc, insn.dst, { ...dst, lo: dst.lo + lo, hi: dst.hi + hi });
+        const [lo, hi] = d.source === 'imm' ? [insn.imm, insn.imm] : [src.lo, src.hi];
+        this.write(st, pc, insn.dst, movePointer(pc, dst, d.op === 'add' ? lo : -hi, d.op === 'add' ? hi : -lo));
         return;
       }
       if (isPtr(src) && dst.t === 's' && d.op === 'add') {
-        this.write(st, pc, insn.dst, { ...src, lo: src.lo + dst.lo, hi: src.hi + dst.hi });
+        this.write(st, pc, insn.dst, movePointer(pc, src, dst.lo, dst.hi));
         return;
       }
       this.write(st, pc, insn.dst, UNKNOWN);
       return;
     }
-    this.write(st, pc, insn.dst, scalarOp(d.op, dst as SReg, src as SReg, imm));
+    this.write(st, pc, insn.dst, scalarOp(d.op, dst as SReg, src as SReg, false, negImm));
   }
 
   private branch(pc: number, st: State, insn: BpfInsn, d: Extract<InsnInfo, { kind: 'jmp' }>): number | { fall: number; jump: number; jumpState: State } {
     const a = this.read(st, pc, insn.dst);
-    const b: Reg = d.source === 'reg' ? this.read(st, pc, insn.src) : insn.imm >= 0 ? konst(insn.imm) : UNKNOWN;
+    // JMP32 compares the low 32 bits with the immediate's 32 bits; ALU64 sign-extends it
+    const b: Reg = d.source === 'reg' ? this.read(st, pc, insn.src) : d.width === 32 ? konst(insn.imm >>> 0) : insn.imm >= 0 ? konst(insn.imm) : UNKNOWN;
     const fall = pc + 1;
     const jump = this.target(pc)!;
     const both = (): { fall: number; jump: number; jumpState: State } => ({ fall, jump, jumpState: cloneState(st) });
@@ -540,10 +610,12 @@ class Verifier {
       markNull(nonNull, a.id, false);
       return { fall, jump, jumpState: js };
     }
-    if (d.width !== 64 || a.t !== 's' || b.t !== 's') return both();
+    if (a.t !== 's' || b.t !== 's' || d.op === 'jset') return both();
+    // signed = unsigned while both sign bits are clear; a 32-bit comparison is the 64-bit one
+    // when both values fit in 32 bits
     const signed = d.op.startsWith('js');
-    if (signed && (a.hi === Infinity || b.hi === Infinity)) return both();
-    if (d.op === 'jset') return both();
+    const limit = d.width === 32 ? (signed ? 2 ** 31 - 1 : U32MAX) : signed ? SAFE : Infinity;
+    if (a.hi > limit || b.hi > limit) return both();
     const op = (signed ? 'j' + d.op.slice(2) : d.op) as 'jeq' | 'jne' | 'jgt' | 'jge' | 'jlt' | 'jle';
     const t = refine(op, a, b);
     const f = refine(NEGATE[op], a, b);
@@ -658,43 +730,105 @@ class Verifier {
   }
 }
 
-// ------------------------------------------------------------------ scalar helpers
-type SReg = Extract<Reg, { t: 's' }>;
+// ------------------------------------------------------------------ pointer and scalar helpers
+const bound = (x: number): string => (Math.abs(x) === Infinity ? (x < 0 ? '-inf' : 'inf') : `${x}`);
+const rangeText = (lo: number, hi: number): string => (lo === hi ? bound(lo) : `${bound(lo)}..${bound(hi)}`);
 
-function trunc32(r: SReg): SReg {
-  return (r.hi <= U32MAX ? r : U32) as SReg;
+/**
+ * Pointer `p` moved by a scalar in [lo, hi] (negated for a subtraction); refused when the scalar
+ * or the resulting offsets leave ±MAX_OFF. Both checks keep every sum here exact: without
+ * them, offsets beyond 2^53 would round and a far excursion could come back "in bounds".
+ */
+function movePointer<P extends { lo: number; hi: number }>(pc: number, p: P, lo: number, hi: number): P {
+  if (lo < -MAX_OFF || hi > MAX_OFF) throw new Fail(pc, `pointer arithmetic: the offset moves by ${rangeText(lo, hi)}, beyond ±${MAX_OFF} (bound the scalar first)`);
+  const moved = { ...p, lo: p.lo + lo, hi: p.hi + hi };
+  if (moved.lo < -MAX_OFF || moved.hi > MAX_OFF) throw new Fail(pc, `pointer arithmetic out of range: offset ${rangeText(moved.lo, moved.hi)} leaves ±${MAX_OFF}`);
+  return moved;
 }
 
-function scalarOp(op: string, a: SReg, b: SReg, imm: number | undefined): Reg {
+const TWO32 = 2 ** 32;
+
+/** The low 32 bits of a scalar: exact when its range lies within one 2^32-aligned window. */
+function trunc32(r: SReg): SReg {
+  return (r.hi === Infinity ? U32 : wrap(r.lo, r.hi, true)) as SReg;
+}
+
+/** The result of an operation whose exact (unwrapped) integer result lies in [lo, hi]. */
+function wrap(lo: number, hi: number, w32: boolean): Reg {
+  if (!w32) return lo >= 0 && hi <= SAFE ? scalar(lo, hi) : UNKNOWN;
+  if (lo < -SAFE || hi > SAFE) return U32;
+  const k = Math.floor(lo / TWO32);
+  return Math.floor(hi / TWO32) === k ? scalar(lo - k * TWO32, hi - k * TWO32) : U32;
+}
+
+/** The smallest 2^k - 1 that is >= x (x <= 2^53 - 1): every bit a value <= x can have. */
+function bitsOf(x: number): number {
+  let m = 0;
+  while (m < x) m = m * 2 + 1;
+  return m;
+}
+
+/** Bitwise and/or/xor of two integers in [0, 2^53). */
+function bitwise(op: 'and' | 'or' | 'xor', a: number, b: number): number {
+  const f = op === 'and' ? (x: number, y: number) => x & y : op === 'or' ? (x: number, y: number) => x | y : (x: number, y: number) => x ^ y;
+  return (f(Math.floor(a / TWO32), Math.floor(b / TWO32)) >>> 0) * TWO32 + (f(a >>> 0, b >>> 0) >>> 0);
+}
+
+/**
+ * The range of `a op b` for scalars. In 32-bit operations `a` and `b` are the operands' low
+ * 32 bits and the result is zero-extended; `negImm` is an ALU64 immediate below zero (`b` is
+ * then unknown: sign-extended, it is ≥ 2^63).
+ */
+function scalarOp(op: AluOp, a: SReg, b: SReg, w32: boolean, negImm: number | undefined): Reg {
+  const full = w32 ? U32 : UNKNOWN;
   const fin = a.hi !== Infinity && b.hi !== Infinity;
+  const bits = w32 ? 32 : 64;
   switch (op) {
     case 'add':
-      if (imm !== undefined && imm < 0) return a.hi !== Infinity && a.lo + imm >= 0 ? scalar(a.lo + imm, a.hi + imm) : UNKNOWN;
-      return fin ? scalar(a.lo + b.lo, a.hi + b.hi) : UNKNOWN;
+      if (negImm !== undefined) return a.hi === Infinity ? UNKNOWN : wrap(a.lo + negImm, a.hi + negImm, false);
+      return fin ? wrap(a.lo + b.lo, a.hi + b.hi, w32) : full;
     case 'sub':
-      if (imm !== undefined && imm < 0) return fin || a.hi !== Infinity ? scalar(a.lo - imm, a.hi - imm) : UNKNOWN;
-      return fin && a.lo - b.hi >= 0 ? scalar(a.lo - b.hi, a.hi - b.lo) : UNKNOWN;
+      if (negImm !== undefined) return a.hi === Infinity ? UNKNOWN : wrap(a.lo - negImm, a.hi - negImm, false);
+      return fin ? wrap(a.lo - b.hi, a.hi - b.lo, w32) : full;
     case 'mul':
-      return fin && a.hi * b.hi <= SAFE ? scalar(a.lo * b.lo, a.hi * b.hi) : UNKNOWN;
+      return fin && a.hi * b.hi <= SAFE ? wrap(a.lo * b.lo, a.hi * b.hi, w32) : full;
+    case 'div': // x / 0 = 0, and never more than x
+      if (a.hi === Infinity) return full;
+      return b.lo > 0 ? scalar(Math.floor(a.lo / b.hi), Math.floor(a.hi / b.lo)) : scalar(0, a.hi);
+    case 'mod': // x % 0 = x, x % y = x when x < y, and never more than x or y - 1
+      if (a.hi < b.lo) return a;
+      if (b.lo > 0 && b.hi !== Infinity) return scalar(0, Math.min(a.hi, b.hi - 1));
+      return a.hi === Infinity ? full : scalar(0, a.hi);
+    case 'sdiv': case 'smod': // signed = unsigned when both sign bits are clear
+      return fin && a.hi < 2 ** (bits - 1) && b.hi < 2 ** (bits - 1) ? scalarOp(op === 'sdiv' ? 'div' : 'mod', a, b, w32, undefined) : full;
     case 'and':
-      if (imm !== undefined && imm < 0) return a.hi === Infinity ? UNKNOWN : scalar(0, a.hi);
-      if (a.lo === a.hi && b.lo === b.hi && a.hi <= U32MAX && b.hi <= U32MAX) return konst((a.lo & b.lo) >>> 0);
+      if (negImm !== undefined) return a.hi === Infinity ? UNKNOWN : scalar(0, a.hi);
+      if (a.lo === a.hi && b.lo === b.hi) return konst(bitwise('and', a.lo, b.lo));
+      // a mask that keeps every bit the other side can have changes nothing
+      if (b.lo === b.hi && a.hi !== Infinity && bitwise('and', b.lo, bitsOf(a.hi)) === bitsOf(a.hi)) return a;
+      if (a.lo === a.hi && b.hi !== Infinity && bitwise('and', a.lo, bitsOf(b.hi)) === bitsOf(b.hi)) return b;
       return scalar(0, Math.min(a.hi, b.hi));
-    case 'rsh':
-      if (b.lo === b.hi && b.lo < 64) {
-        if (a.hi === Infinity) return b.lo === 0 ? UNKNOWN : scalar(0, 2 ** (64 - b.lo) - 1);
-        const k = 2 ** b.lo;
-        return scalar(Math.floor(a.lo / k), Math.floor(a.hi / k));
-      }
-      return UNKNOWN;
-    case 'div':
-      if (imm !== undefined && imm > 0 && a.hi !== Infinity) return scalar(Math.floor(a.lo / imm), Math.floor(a.hi / imm));
-      return a.hi === Infinity ? UNKNOWN : scalar(0, a.hi);
-    case 'mod':
-      if (imm !== undefined && imm > 0) return scalar(0, a.hi === Infinity ? imm - 1 : Math.min(a.hi, imm - 1));
-      return UNKNOWN;
+    case 'or': case 'xor':
+      if (!fin) return full;
+      if (a.lo === a.hi && b.lo === b.hi) return konst(bitwise(op, a.lo, b.lo));
+      return scalar(op === 'or' ? Math.max(a.lo, b.lo) : 0, bitsOf(Math.max(a.hi, b.hi)));
+    case 'lsh':
+      if (a.hi === 0) return a;
+      if (!fin || b.hi >= bits || a.hi * 2 ** b.hi > SAFE) return full;
+      return wrap(a.lo * 2 ** b.lo, a.hi * 2 ** b.hi, w32);
+    case 'rsh': case 'arsh': {
+      // arsh is a logical shift while the sign bit is clear
+      if (op === 'arsh' && a.hi >= 2 ** (bits - 1)) return full;
+      // the amount is taken modulo the width: unknown amounts still never grow the value
+      const [slo, shi] = b.hi < bits ? [b.lo, b.hi] : [0, bits - 1];
+      if (a.hi === Infinity) return slo === 0 ? UNKNOWN : scalar(0, 2 ** (64 - slo) - 1);
+      return scalar(Math.floor(a.lo / 2 ** shi), Math.floor(a.hi / 2 ** slo));
+    }
+    case 'neg':
+      if (a.hi === 0) return a;
+      return w32 && a.lo > 0 ? scalar(TWO32 - a.hi, TWO32 - a.lo) : full;
     default:
-      return UNKNOWN;
+      return full;
   }
 }
 

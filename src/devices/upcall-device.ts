@@ -342,6 +342,18 @@ export class UpcallState {
 /** What COPY needs of guest RAM ({@link GuestMemory} provides it). */
 export type GuestRam = Pick<GuestMemory, 'contains' | 'write'>;
 
+/** Registers that read back a word of the shared state as it is. */
+const STORED = new Map<number, number>([
+  [UPCALL_REG.IRQ_STATUS, W.IRQ_STATUS], [UPCALL_REG.IRQ_VECTOR, W.IRQ_VECTOR],
+  [UPCALL_REG.COMMAND, W.COMMAND], [UPCALL_REG.COMMAND_ARG, W.COMMAND_ARG], [UPCALL_REG.COMMAND_SEQ, W.COMMAND_SEQ],
+  [UPCALL_REG.DATA_LEN, W.DATA_LEN], [UPCALL_REG.DATA_OFFSET, W.DATA_OFFSET],
+  [UPCALL_REG.STATUS, W.STATUS], [UPCALL_REG.STATUS_PC, W.STATUS_PC],
+  [UPCALL_REG.AFFINITY, W.AFFINITY], [UPCALL_REG.AFFINITY_STATUS, W.AFFINITY_STATUS],
+  [UPCALL_REG.MAP_DIR_LO, W.MAP_DIR_LO], [UPCALL_REG.MAP_DIR_HI, W.MAP_DIR_HI],
+  [UPCALL_REG.COPY_ADDR_LO, W.COPY_ADDR_LO], [UPCALL_REG.COPY_ADDR_HI, W.COPY_ADDR_HI],
+  [UPCALL_REG.COPY_LEN, W.COPY_LEN], [UPCALL_REG.COPY_STATUS, W.COPY_STATUS],
+]);
+
 /** Who may pin which vCPU where (the VM's `upcall.pinning` / `upcall.allowedCpus`). */
 export interface UpcallPolicy {
   /** false: every AFFINITY request gets -EPERM. */
@@ -424,30 +436,15 @@ export class UpcallDevice implements MmioDevice {
   private readRegister(offset: number): number | undefined {
     const s = this.state;
     if (offset >= UPCALL_WINDOW_OFFSET) return s.readWindow(offset - UPCALL_WINDOW_OFFSET);
+    const word = STORED.get(offset);
+    if (word !== undefined) return s.get(word);
     switch (offset) {
       case UPCALL_REG.MAGIC: return UPCALL_MAGIC;
       case UPCALL_REG.VERSION: return UPCALL_VERSION;
-      case UPCALL_REG.IRQ_STATUS: return s.get(W.IRQ_STATUS);
-      case UPCALL_REG.IRQ_VECTOR: return s.get(W.IRQ_VECTOR);
-      case UPCALL_REG.COMMAND: return s.get(W.COMMAND);
-      case UPCALL_REG.COMMAND_ARG: return s.get(W.COMMAND_ARG);
-      case UPCALL_REG.COMMAND_SEQ: return s.get(W.COMMAND_SEQ);
-      case UPCALL_REG.DATA_LEN: return s.get(W.DATA_LEN);
-      case UPCALL_REG.DATA_OFFSET: return s.get(W.DATA_OFFSET);
-      case UPCALL_REG.STATUS: return s.get(W.STATUS);
-      case UPCALL_REG.STATUS_PC: return s.get(W.STATUS_PC);
       case UPCALL_REG.ACK: return 0;
-      case UPCALL_REG.AFFINITY: return s.get(W.AFFINITY);
-      case UPCALL_REG.AFFINITY_STATUS: return s.get(W.AFFINITY_STATUS);
-      case UPCALL_REG.WINDOW_SIZE: return UPCALL_WINDOW_SIZE;
-      case UPCALL_REG.MAP_DIR_LO: return s.get(W.MAP_DIR_LO);
-      case UPCALL_REG.MAP_DIR_HI: return s.get(W.MAP_DIR_HI);
-      case UPCALL_REG.HOST_CPUS: return this.options.policy.pinning ? this.allowed.size : 0;
-      case UPCALL_REG.COPY_ADDR_LO: return s.get(W.COPY_ADDR_LO);
-      case UPCALL_REG.COPY_ADDR_HI: return s.get(W.COPY_ADDR_HI);
-      case UPCALL_REG.COPY_LEN: return s.get(W.COPY_LEN);
       case UPCALL_REG.COPY: return 0;
-      case UPCALL_REG.COPY_STATUS: return s.get(W.COPY_STATUS);
+      case UPCALL_REG.WINDOW_SIZE: return UPCALL_WINDOW_SIZE;
+      case UPCALL_REG.HOST_CPUS: return this.options.policy.pinning ? this.allowed.size : 0;
       case UPCALL_REG.FEATURES: return FEATURES;
       default: return undefined;
     }
@@ -493,25 +490,13 @@ export class UpcallDevice implements MmioDevice {
         s.set(W.DATA_OFFSET, value);
         return undefined;
       case UPCALL_REG.STATUS:
-        s.set(W.STATUS, value);
-        return undefined;
       case UPCALL_REG.STATUS_PC:
-        s.set(W.STATUS_PC, value);
-        return undefined;
       case UPCALL_REG.MAP_DIR_LO:
-        s.set(W.MAP_DIR_LO, value);
-        return undefined;
       case UPCALL_REG.MAP_DIR_HI:
-        s.set(W.MAP_DIR_HI, value);
-        return undefined;
       case UPCALL_REG.COPY_ADDR_LO:
-        s.set(W.COPY_ADDR_LO, value);
-        return undefined;
       case UPCALL_REG.COPY_ADDR_HI:
-        s.set(W.COPY_ADDR_HI, value);
-        return undefined;
       case UPCALL_REG.COPY_LEN:
-        s.set(W.COPY_LEN, value);
+        s.set(STORED.get(offset)!, value); // plain guest-writable words
         return undefined;
       case UPCALL_REG.COPY: {
         // Synchronous, like AFFINITY: when the guest's write retires the bytes are in its RAM.

@@ -110,7 +110,8 @@ test('timer and channel-rx hooks run injected programs; the host reads their map
   assert.match(r.console, /\d+ timer ticks, \d+ skipped inside a map lock/);
   const [ticks, lastTick, vcpu] = maps.ticks!;
   assert.ok(ticks! >= 5n, `timer program ran ${ticks} times`);
-  assert.equal(lastTick, ticks, 'the context carries the tick number');
+  // Skipped ticks (inside a map lock) advance the tick number without a run.
+  assert.ok(lastTick! >= ticks!, `the context carries the tick number (${lastTick} ≥ ${ticks} runs)`);
   assert.equal(vcpu, 0n);
   assert.deepEqual(maps.rx, [3n, 313n, 42n, 3n], 'messages, bytes, first byte of the last, its seq');
 });

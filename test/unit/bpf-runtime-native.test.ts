@@ -13,66 +13,26 @@
  * - timing of 4096-instruction programs (printed).
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { assemble } from '../../src/bpf/asm.js';
 import { BpfInterpreter, type BpfHelper } from '../../src/bpf/interpreter.js';
 import { GUEST_HELPERS } from '../../src/bpf/hooks.js';
 import { encodeImage as encodeBpfImage, type ImageMap } from '../../src/bpf/image.js';
 import { encodeProgram } from '../../src/bpf/isa.js';
 import { verify, type MapSpec } from '../../src/bpf/verifier.js';
+import { buildRuntimeHost, hex, parseVerdicts, runHost, type RuntimeHost } from '../helpers/bpf-runtime-host.js';
+import { RANGE_ACCEPTED, RANGE_REJECTED, arithmeticProgram } from '../helpers/bpf-range-programs.js';
 import { rng } from '../helpers/rng.js';
+import { verifierStressPrograms } from '../helpers/bpf-stress.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
-const SRC = path.join(ROOT, 'guest/sdk/src');
-const CORE = ['bpf-image.c', 'bpf-maps.c', 'bpf-verifier.c', 'bpf-interp.c', 'bpf-prog.c'].map((f) => path.join(SRC, f));
-const HARNESS = path.join(ROOT, 'test/native/bpf-runtime-host.c');
-
-let dir: string;
-/** The harness under ASan + UBSan when this gcc can link them, else the plain build. */
-let exe: string;
-let sanitized = false;
-/** The plain -O2 build, for timing. */
-let plain: string;
-
-function gcc(out: string, extra: string[]): void {
-  try {
-    execFileSync('gcc', ['-std=gnu11', '-O2', '-g', '-Wall', '-Wextra', '-Werror', '-I', path.join(ROOT, 'guest/sdk/include'), ...extra, HARNESS, ...CORE, '-o', out], { stdio: ['ignore', 'pipe', 'pipe'] });
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException & { stderr?: Buffer };
-    if (err.code === 'ENOENT') throw new Error('gcc not found: kvmtalk needs gcc (apt-get install gcc)');
-    throw new Error(`gcc failed on the eBPF runtime:\n${err.stderr?.toString() ?? err.message}`);
-  }
-}
-
+let host: RuntimeHost;
 before(() => {
-  dir = mkdtempSync(path.join(os.tmpdir(), 'kvmtalk-bpf-'));
-  plain = path.join(dir, 'bpf-runtime-host');
-  gcc(plain, []);
-  exe = plain;
-  try {
-    const san = path.join(dir, 'bpf-runtime-host-san');
-    gcc(san, ['-fsanitize=address,undefined', '-fno-sanitize-recover=all', '-fno-omit-frame-pointer']);
-    exe = san;
-    sanitized = true;
-  } catch {
-    // no libasan here: the plain build still shows that nothing crashes
-  }
+  host = buildRuntimeHost();
 });
-after(() => rmSync(dir, { recursive: true, force: true }));
+after(() => host.remove());
 
-/** Runs commands through one harness process; one answer line per command, and a clean exit. */
-function harness(cmds: string[], bin = exe): string[] {
-  const r = spawnSync(bin, [], { input: cmds.join('\n') + '\n', encoding: 'utf8', maxBuffer: 1 << 28, timeout: 300_000 });
-  assert.equal(r.status, 0, `harness died (status ${r.status}, signal ${r.signal}):\n${r.stderr.slice(0, 4000)}`);
-  const lines = r.stdout.split('\n').slice(0, -1);
-  assert.equal(lines.length, cmds.length, `expected ${cmds.length} answers, got ${lines.length}`);
-  return lines;
-}
+/** Runs commands through one harness process (the sanitized build unless told). */
+const harness = (cmds: string[], bin = host.exe): string[] => runHost(bin, cmds);
 
 // ---------------------------------------------------------------- images
 /** An image around raw instruction bytes, which src/bpf/image.ts rightly refuses when malformed. */
@@ -85,7 +45,6 @@ function encodeImage(maps: ImageMap[], insns: Uint8Array): Uint8Array {
   out.set(insns, head);
   return out;
 }
-const hex = (b: Uint8Array): string => (b.length ? Buffer.from(b).toString('hex') : '-');
 const unhex = (s: string): Uint8Array => (s === '-' ? new Uint8Array(0) : Uint8Array.from(Buffer.from(s, 'hex')));
 
 /** The maps every corpus program may use: image index 0 is an array, 1 a hash (shapes as in verifier tests). */
@@ -282,6 +241,8 @@ const ACCEPTED = [
   `*(u32 *)(r10 - 4) = 1\n*(u64 *)(r10 - 24) = 7\n*(u64 *)(r10 - 16) = 8\nr1 = map_by_fd(0) ll\nr2 = r10\nr2 += -4\nr3 = r10\nr3 += -24\nr4 = 0\ncall 2\nexit`,
   'call 5\nr6 = r0\ncall 7\nr0 += r6\ncall 8\nexit',
   `*(u64 *)(r10 - 8) = 3\nr1 = map_by_fd(1) ll\nr2 = r10\nr2 += -8\ncall 3\nexit`,
+  'r2 = 1\nlock *(u32 *)(r1 + 4) += r2\nlock *(u64 *)(r1 + 8) += r2\n*(u64 *)(r10 - 16) = 0\nlock *(u64 *)(r10 - 16) += r2\nr0 = 0\nexit',
+  `${LOOKUP}\nif r0 == 0 goto out\nr1 = 1\nlock *(u64 *)(r0 + 8) += r1\nout:\nr0 = 0\nexit`,
 ];
 /** [program, pc, reason fragment]: one per class of unsafe program. */
 const REJECTED: [string, number, string][] = [
@@ -308,6 +269,11 @@ const REJECTED: [string, number, string][] = [
   ['*(u64 *)(r10 - 8) = 0\nr1 = map_by_fd(0) ll\nr2 = r10\nr2 += -8\nr3 = r10\nr3 += -8\nr4 = 0\ncall 2\nexit', 8, 'map-value'],
   ['*(u64 *)(r10 - 8) = 0\nr1 = map_by_fd(1) ll\nr2 = r10\nr2 += -8\nr3 = r10\nr3 += -8\ncall 2\nexit', 7, 'arg4 (r4)'],
   ['r1 = map_by_fd(5) ll\nr0 = 0\nexit', 0, 'unknown map 5'],
+  // loading resolves every map reference, reachable or not (this one crashed the loader)
+  ['r0 = 0\nexit\nr1 = map_by_fd(2147483647) ll\nexit', 2, 'unknown map 2147483647'],
+  ['r1 = 0\n*(u64 *)(r10 - 16) = r1\n*(u64 *)(r10 - 8) = r1\nr2 = 1\nlock *(u64 *)(r10 - 12) += r2\nr0 = 0\nexit', 4, 'misaligned atomic access: offset -12'],
+  ['r2 = 1\nw2 = atomic_fetch_add((u32 *)(r1 + 2), w2)\nr0 = 0\nexit', 1, 'not 4-byte aligned'],
+  [`${LOOKUP}\nif r0 == 0 goto out\nr1 = *(u8 *)(r6 + 0)\nr1 &= 8\nr0 += r1\nr1 = 1\nlock *(u64 *)(r0 + 0) += r1\nout:\nr0 = 0\nexit`, 12, 'offset 0..8 is not 8-byte aligned'],
   ['r0 = 0\ngoto +5\nexit', 1, 'jump out of range'],
   ['goto +1\nr1 = 0x123456789 ll\nr0 = 0\nexit', 0, 'middle of lddw'],
   ['r0 = 0', 0, 'falls off the end'],
@@ -319,15 +285,7 @@ const REJECTED: [string, number, string][] = [
   ['r1 = r10\nr1 += r1\nr0 = *(u8 *)(r1 + 0)\nexit', 2, 'scalar, not a pointer'],
 ];
 
-function cVerdict(lines: string[]): { ok: boolean; ret: number; pc: number; reason: string }[] {
-  return lines.map((l) => {
-    if (l === 'ok') return { ok: true, ret: 0, pc: -1, reason: '' };
-    const m = /^err (-?\d+) (-?\d+) (.*)$/.exec(l);
-    assert.ok(m, `bad answer ${l}`);
-    return { ok: false, ret: Number(m[1]), pc: Number(m[2]), reason: m[3]! };
-  });
-}
-const cVerify = (images: Uint8Array[]) => cVerdict(harness(images.map((b) => `verify ${CTX} ${hex(b)}`)));
+const cVerify = (images: Uint8Array[]) => parseVerdicts(harness(images.map((b) => `verify ${CTX} ${hex(b)}`)));
 
 describe('eBPF runtime in C: verifier', () => {
   test('accepts the safe programs', () => {
@@ -345,9 +303,22 @@ describe('eBPF runtime in C: verifier', () => {
     });
   });
 
+  test('scalar ranges: accepts the range corpus, rejects its unsafe programs at the right instruction', () => {
+    cVerify(RANGE_ACCEPTED.map(([, s]) => image(s))).forEach((v, i) => assert.ok(v.ok, `${RANGE_ACCEPTED[i]![0]} refused: ${v.pc} ${v.reason}`));
+    cVerify(RANGE_REJECTED.map(([, s]) => image(s))).forEach((v, i) => {
+      const [what, , pc, reason] = RANGE_REJECTED[i]!;
+      assert.ok(!v.ok, `accepted: ${what}`);
+      assert.equal(v.pc, pc, `pc for ${what}: ${v.reason}`);
+      assert.ok(v.reason.includes(reason), `reason ${JSON.stringify(v.reason)} lacks ${JSON.stringify(reason)}`);
+    });
+  });
+
   test('verdicts and error pcs agree with src/bpf/verifier.ts', () => {
     // (the million-iteration loop is left out: the TypeScript verifier takes seconds on it)
-    const progs = [...ACCEPTED, ...REJECTED.filter(([, , r]) => !r.includes('bounded')).map(([s]) => s)];
+    const progs = [
+      ...ACCEPTED, ...REJECTED.filter(([, , r]) => !r.includes('bounded')).map(([s]) => s),
+      ...RANGE_ACCEPTED.map(([, s]) => s), ...RANGE_REJECTED.map(([, s]) => s),
+    ];
     const got = cVerify(progs.map((s) => image(s)));
     progs.forEach((s, i) => {
       const ts = verify(assemble(s), { contextSize: CTX, helpers: [...GUEST_HELPERS], maps: TS_MAPS });
@@ -496,7 +467,7 @@ describe('eBPF runtime in C: what the JIT is told to inline', () => {
 
 describe('eBPF runtime in C: fuzz', () => {
   test('random and mutated programs: no crash, accepted ones run cleanly, verdicts match the TypeScript verifier', (t) => {
-    if (!sanitized) t.diagnostic('gcc could not link -fsanitize=address,undefined: fuzzing the plain build');
+    if (!host.sanitized) t.diagnostic('gcc could not link -fsanitize=address,undefined: fuzzing the plain build');
     const gen = generator(12345);
     const next = rng(99);
     const rnd = (n: number) => Math.floor(next() * n);
@@ -540,6 +511,29 @@ describe('eBPF runtime in C: fuzz', () => {
     });
     console.log(`# fuzz: ${accepted} of ${programs.length} accepted and run; ${compared - disagreements.length}/${compared} verdicts match TypeScript`);
     assert.ok(accepted >= 50, `only ${accepted} accepted`);
+    assert.deepEqual(disagreements.slice(0, 5), []);
+  });
+
+  test('random 64/32-bit offset arithmetic: same verdicts and pcs as TypeScript; accepted ones run cleanly on edge contexts', () => {
+    const next = rng(4242);
+    const programs = Array.from({ length: 3000 }, () => encodeProgram(assemble(arithmeticProgram(next))));
+    const ctxs = ['00', '80', 'ff', '7f'].map((b) => b.repeat(CTX));
+    const answers = harness(programs.flatMap((b) => ctxs.map((c) => `run ${CTX} ${hex(encodeImage(MAPS, b))} ${c}`)));
+    let accepted = 0;
+    const disagreements: string[] = [];
+    programs.forEach((bytes, i) => {
+      const lines = answers.slice(i * ctxs.length, (i + 1) * ctxs.length);
+      for (const l of lines) assert.match(l, /^(ok \d+ [0-9a-f]+|err -\d+ -?\d+ .+)$/);
+      const ok = lines[0]!.startsWith('ok');
+      if (ok) accepted++;
+      const ts = verify(bytes, { contextSize: CTX, helpers: [...GUEST_HELPERS], maps: TS_MAPS });
+      const pc = ok ? -1 : Number(lines[0]!.split(' ')[2]);
+      if (ts.ok !== ok || (!ts.ok && ts.errors[0]!.pc !== pc)) {
+        disagreements.push(`${Buffer.from(bytes).toString('hex')}\n  C: ${lines[0]!.slice(0, 200)}\n  TS: ${JSON.stringify(!ts.ok && ts.errors[0])}`);
+      }
+    });
+    console.log(`# arithmetic fuzz: ${accepted} of ${programs.length} accepted and run on 4 contexts`);
+    assert.ok(accepted >= 300, `only ${accepted} accepted`);
     assert.deepEqual(disagreements.slice(0, 5), []);
   });
 });
@@ -667,22 +661,10 @@ describe('eBPF runtime in C: maps', () => {
 // ---------------------------------------------------------------- (e) timing
 describe('eBPF runtime in C: verification time', () => {
   test('4096-instruction straight-line and branchy programs (printed, not asserted)', () => {
-    const straight: string[] = ['r6 = r1', 'r0 = 0', 'r2 = 0'];
-    while (straight.length < 4094) {
-      const k = straight.length;
-      straight.push(k % 3 === 0 ? `*(u64 *)(r10 - ${8 * ((k % 64) + 1)}) = r0` : k % 3 === 1 ? `r2 = *(u32 *)(r6 + ${(k % 4) * 4})` : 'r0 += r2');
-    }
-    straight.push('r0 = 0', 'exit');
-    const branchy: string[] = ['r6 = r1', 'r0 = 0', '*(u64 *)(r10 - 8) = 0'];
-    while (branchy.length < 4090) {
-      const k = branchy.length;
-      branchy.push(`r2 = *(u32 *)(r6 + ${(k % 4) * 4})`, `if r2 > ${k % 100} goto +2`, 'r3 = *(u64 *)(r10 - 8)', 'r0 += r3', 'r2 = 0');
-    }
-    while (branchy.length < 4094) branchy.push('r0 += 1');
-    branchy.push('r0 = 0', 'exit');
-    const imgs = [straight, branchy].map((l) => image(l.join('\n'), []));
+    const { straight, branchy } = verifierStressPrograms();
+    const imgs = [straight, branchy].map((l) => image(l, []));
     for (const img of imgs) assert.equal(img.length, 16 + 4096 * 8);
-    const a = harness(imgs.map((b) => `time ${CTX} ${hex(b)} 5`), plain);
+    const a = harness(imgs.map((b) => `time ${CTX} ${hex(b)} 5`), host.plain);
     a.forEach((l, i) => {
       assert.match(l, /^ok [\d.]+$/);
       console.log(`# C verifier (+ load) ${i ? 'branchy' : 'straight'} 4096 insns: ${(Number(l.split(' ')[1]) / 1000).toFixed(2)} ms`);

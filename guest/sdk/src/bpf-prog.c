@@ -124,6 +124,9 @@ static int load_locked(struct kt_bpf_prog **out, const void *image, uint32_t len
 		if (i->code != KT_BPF_LDDW)
 			continue;
 		if (kt_bpf__src(i) == KT_BPF_PSEUDO_MAP) {
+			/* the verifier checked every map reference, reachable or not; a slip must not index past maps[] */
+			if (i->imm < 0 || (uint32_t)i->imm >= img.map_count)
+				return kt_bpf__fail(err, -KT_EINVAL, pc, "unknown map %d", i->imm);
 			uint64_t a = (uint64_t)(uintptr_t)maps[i->imm];
 			i->regs &= 0x0f;
 			i->imm = (int32_t)(uint32_t)a;

@@ -9,6 +9,12 @@
  * meeting one that is finished, or one that covers the new state, prunes the path. Exploration
  * is bounded by a budget of processed instructions ("too complex" beyond it).
  *
+ * Scalar ranges follow 64- and 32-bit arithmetic (shifts, masks, div/mod, zero extension, JMP32
+ * conditions). A backward analysis marks, per instruction, the registers whose range can still
+ * matter (reaching an address, a jump condition, a helper's pointer argument or a stack store);
+ * at jump targets the other scalars are widened to unknown, so counters that only feed the
+ * return value do not multiply states.
+ *
  * Ranges are int64 with INF / NINF for the unbounded ends; scalars stay within [0, 2^53 - 1]
  * or become unknown, exactly like the TypeScript version, so both accept the same programs.
  */
@@ -20,7 +26,9 @@
 #define U32MAX ((int64_t)0xffffffff)
 #define INF INT64_MAX
 #define NINF (-INT64_MAX)
-#define BIG ((int64_t)1 << 60) /* finite pointer offsets saturate here (far out of any bounds) */
+/* Pointer offsets stay within ±2^29 (Linux's BPF_MAX_VAR_OFF): arithmetic that could leave it is
+ * refused, so offset ranges are always small and exact. */
+#define MAX_OFF ((int64_t)1 << 29)
 
 enum { T_U, T_S, T_FP, T_CTX, T_MV, T_MAP };
 
@@ -73,6 +81,8 @@ static struct {
 	uint8_t second[KT_BPF_MAX_INSNS], prune[KT_BPF_MAX_INSNS];
 	struct info info[KT_BPF_MAX_INSNS];
 	uint16_t live[KT_BPF_MAX_INSNS], use[KT_BPF_MAX_INSNS], def[KT_BPF_MAX_INSNS];
+	/* relevance: registers whose range can matter, and its transfer (see liveness) */
+	uint16_t rel[KT_BPF_MAX_INSNS], kill[KT_BPF_MAX_INSNS], gen[KT_BPF_MAX_INSNS], cond[KT_BPF_MAX_INSNS], cgen[KT_BPF_MAX_INSNS];
 	uint8_t call_map[KT_BPF_MAX_INSNS]; /* kt_bpf__verify_call_maps() */
 	struct node *at_pc[KT_BPF_MAX_INSNS];
 	struct node *bucket[HASH_BUCKETS];
@@ -110,19 +120,30 @@ static int is_ptr(const struct reg *r)
 	return r->t == T_FP || r->t == T_CTX || r->t == T_MV;
 }
 
-/* Saturating range arithmetic: INF and NINF absorb, finite results clamp to ±BIG. */
-static int64_t sadd(int64_t a, int64_t b)
-{
-	if (a == NINF || b == NINF)
-		return NINF;
-	if (a == INF || b == INF)
-		return INF;
-	int64_t s = a + b; /* |a|, |b| <= BIG or SAFE: no overflow */
-	return s > BIG ? BIG : s < -BIG ? -BIG : s;
-}
+/* -a for a range end: INF and NINF swap */
 static int64_t sneg(int64_t a)
 {
 	return a == INF ? NINF : a == NINF ? INF : -a;
+}
+
+static const char *bound_text(int64_t x, char *buf, size_t len)
+{
+	if (x == INF || x == NINF)
+		return x == INF ? "inf" : "-inf";
+	kt_snprintf(buf, len, "%lld", (long long)x);
+	return buf;
+}
+
+/* "lo..hi", or "k" when lo == hi; the ends may be ±inf. */
+static const char *range_text(int64_t lo, int64_t hi, char *buf, size_t len)
+{
+	char sa[24], sb[24];
+	const char *a = bound_text(lo, sa, sizeof sa), *b = bound_text(hi, sb, sizeof sb);
+	if (lo == hi)
+		kt_snprintf(buf, len, "%s", a);
+	else
+		kt_snprintf(buf, len, "%s..%s", a, b);
+	return buf;
 }
 
 static const char *type_name(const struct reg *r)
@@ -378,6 +399,11 @@ static int static_checks(void)
 		if (v.second[pc])
 			continue;
 		TRY(decode(pc, &v.info[pc]));
+		/* also in unreachable code: the loader resolves every map reference */
+		const struct info *d = &v.info[pc];
+		int32_t imm = v.insns[pc].imm;
+		if (d->kind == K_LDDW && (d->op == 1 || d->op == 2 || d->op == 5 || d->op == 6) && (imm < 0 || (uint32_t)imm >= v.nmaps))
+			return fail(pc, "unknown map %d", imm);
 		if (v.info[pc].kind == K_JMP || v.info[pc].kind == K_JA) {
 			int32_t t = target(pc);
 			if (t < 0 || (uint32_t)t >= v.n)
@@ -392,15 +418,22 @@ static int static_checks(void)
 	return 0;
 }
 
+/*
+ * Backward analyses over r0..r9: liveness, so pruning ignores dead registers, and relevance, so
+ * it can widen scalars whose range no longer matters. Relevance flows into what an instruction
+ * reads only when the register it computes is relevant (cond -> cgen), except for addresses,
+ * jump operands, pointer arguments and stored values (gen), which always matter; what an
+ * instruction writes (kill) is not relevant before it.
+ */
 static void liveness(void)
 {
 #define B(r) ((r) < 10 ? 1u << (r) : 0u)
 	for (uint32_t pc = 0; pc < v.n; pc++) {
 		const struct kt_bpf_insn *i = &v.insns[pc];
 		const struct info *d = &v.info[pc];
-		unsigned u = 0, df = 0, dst = kt_bpf__dst(i), src = kt_bpf__src(i);
+		unsigned u = 0, df = 0, g = 0, c = 0, cg = 0, dst = kt_bpf__dst(i), src = kt_bpf__src(i);
 		if (v.second[pc]) {
-			v.use[pc] = v.def[pc] = 0;
+			v.use[pc] = v.def[pc] = v.kill[pc] = v.gen[pc] = v.cond[pc] = v.cgen[pc] = 0;
 			continue;
 		}
 		switch (d->kind) {
@@ -410,22 +443,27 @@ static void liveness(void)
 			if (d->op != 0xb0)
 				u |= B(dst);
 			df |= B(dst);
+			c = B(dst);
+			cg = u;
 			break;
-		case K_END: u |= B(dst); df |= B(dst); break;
-		case K_JMP: u |= B(dst); if (d->reg_src) u |= B(src); break;
+		case K_END: u |= B(dst); df |= B(dst); c = cg = B(dst); break;
+		case K_JMP: u |= B(dst); if (d->reg_src) u |= B(src); g = u; break;
 		case K_CALL: {
 			const struct helper_spec *h = d->op == 0 ? helper_spec(i->imm) : NULL;
-			for (unsigned k = 1; k <= (h ? h->nargs : 5u); k++)
+			for (unsigned k = 1; k <= (h ? h->nargs : 5u); k++) {
 				u |= B(k);
+				if (!h || h->args[k - 1] != A_SCALAR)
+					g |= B(k);
+			}
 			df |= 0x3f;
 			break;
 		}
 		case K_EXIT: u |= 1; break;
 		case K_LDDW: df |= B(dst); break;
-		case K_LD: u |= B(src) | B(6); df |= 0x3f; break;
-		case K_LDX: u |= B(src); df |= B(dst); break;
-		case K_ST: u |= B(dst); break;
-		case K_STX: u |= B(dst) | B(src); break;
+		case K_LD: u |= B(src) | B(6); df |= 0x3f; g = u; break;
+		case K_LDX: u |= B(src); df |= B(dst); g = B(src); break;
+		case K_ST: u |= B(dst); g = u; break;
+		case K_STX: u |= B(dst) | B(src); g = u; break;
 		case K_ATOMIC:
 			u |= B(dst) | B(src);
 			if (d->op == 0xf0) {
@@ -434,10 +472,15 @@ static void liveness(void)
 			} else if (d->fetch) {
 				df |= B(src);
 			}
+			g = u;
 			break;
 		}
 		v.use[pc] = (uint16_t)u;
 		v.def[pc] = (uint16_t)(df & ~u);
+		v.kill[pc] = (uint16_t)df;
+		v.gen[pc] = (uint16_t)g;
+		v.cond[pc] = (uint16_t)c;
+		v.cgen[pc] = (uint16_t)cg;
 	}
 #undef B
 	for (int changed = 1; changed;) {
@@ -446,15 +489,21 @@ static void liveness(void)
 			if (v.second[pc])
 				continue;
 			const struct info *d = &v.info[pc];
-			unsigned out = 0;
+			unsigned out = 0, rout = 0;
 			uint32_t next = pc + (d->kind == K_LDDW ? 2 : 1);
-			if (d->kind == K_JMP || d->kind == K_JA)
+			if (d->kind == K_JMP || d->kind == K_JA) {
 				out |= v.live[target(pc)];
-			if (d->kind != K_JA && d->kind != K_EXIT && next < v.n)
+				rout |= v.rel[target(pc)];
+			}
+			if (d->kind != K_JA && d->kind != K_EXIT && next < v.n) {
 				out |= v.live[next];
+				rout |= v.rel[next];
+			}
 			uint16_t nv = (uint16_t)(v.use[pc] | (out & ~v.def[pc]));
-			if (nv != v.live[pc]) {
+			uint16_t nr = (uint16_t)(v.gen[pc] | (rout & ~v.kill[pc]) | (rout & v.cond[pc] ? v.cgen[pc] : 0));
+			if (nv != v.live[pc] || nr != v.rel[pc]) {
 				v.live[pc] = nv;
+				v.rel[pc] = nr;
 				changed = 1;
 			}
 		}
@@ -552,6 +601,11 @@ enum { V_NEW, V_PRUNE, V_LOOP };
 
 static int visit(uint32_t pc, struct state *st)
 {
+	/* scalars whose range cannot matter any more: forget it (sound, and states then coincide) */
+	unsigned loose = (unsigned)v.live[pc] & ~(unsigned)v.rel[pc];
+	for (unsigned k = 0; k < 10; k++)
+		if (loose >> k & 1 && st->regs[k].t == T_S)
+			st->regs[k] = UNKNOWN;
 	uint32_t nspill;
 	uint64_t mask = spill_mask(st, &nspill);
 	uint32_t size = (uint32_t)(sizeof(struct node) + nspill * sizeof(struct reg));
@@ -699,7 +753,7 @@ static int check_stack(const struct state *st, uint32_t pc, const struct reg *p,
 	char what[64];
 	if (p->lo != p->hi)
 		return fail(pc, "%s: variable-offset stack access", what_text(w, what, sizeof what));
-	int64_t a = sadd(p->lo, off);
+	int64_t a = p->lo + off;
 	if (a < -STACK || a + size > 0)
 		return fail(pc, "%s: stack access out of bounds: offset %lld size %u outside [-512, 0)", what_text(w, what, sizeof what), (long long)a, size);
 	if (read)
@@ -747,19 +801,14 @@ static int access(struct state *st, uint32_t pc, unsigned r, int16_t off, uint32
 		if (p->t == T_MV && p->nul)
 			return fail(pc, "%s: possibly NULL map value pointer, a null check is required before dereference", what_text(&w, what, sizeof what));
 		int64_t limit = p->t == T_CTX ? v.ctx_size : v.maps[p->map].value_size;
-		int64_t lo = sadd(p->lo, off), hi = sadd(p->hi, off);
-		if (!(lo >= 0 && hi != INF && hi + size <= limit)) {
+		int64_t lo = p->lo + off, hi = p->hi + off;
+		if (!(lo >= 0 && hi + size <= limit)) {
 			char range[64];
-			if (lo == hi)
-				kt_snprintf(range, sizeof range, "offset %lld", (long long)lo);
-			else if (hi == INF)
-				kt_snprintf(range, sizeof range, "offset %lld..inf", (long long)lo);
-			else
-				kt_snprintf(range, sizeof range, "offset %lld..%lld", (long long)lo, (long long)hi);
+			range_text(lo, hi, range, sizeof range);
 			what_text(&w, what, sizeof what);
 			if (p->t == T_CTX)
-				return fail(pc, "%s: context access out of bounds: %s size %u (context is %lld bytes)", what, range, size, (long long)limit);
-			return fail(pc, "%s: map %u value access out of bounds: %s size %u (value is %lld bytes)", what, p->map, range, size, (long long)limit);
+				return fail(pc, "%s: context access out of bounds: offset %s size %u (context is %lld bytes)", what, range, size, (long long)limit);
+			return fail(pc, "%s: map %u value access out of bounds: offset %s size %u (value is %lld bytes)", what, p->map, range, size, (long long)limit);
 		}
 		if (size < 8)
 			*out = scalar(0, ((int64_t)1 << (size * 8)) - 1);
@@ -768,54 +817,135 @@ static int access(struct state *st, uint32_t pc, unsigned r, int16_t off, uint32
 	}
 }
 
-static struct reg trunc32(struct reg r)
+#define TWO32 ((int64_t)1 << 32)
+
+/* floor(x / 2^32) */
+static int64_t window32(int64_t x)
 {
-	return r.hi <= U32MAX ? r : U32;
+	return x >= 0 ? x / TWO32 : -((-x - 1) / TWO32) - 1;
 }
 
-/* imm_given: the source is the instruction's immediate (whose value is imm). */
-static struct reg scalar_op(unsigned op, int sdivmod, struct reg a, struct reg b, int imm_given, int64_t imm)
+/* The result of an operation whose exact (unwrapped) integer result lies in [lo, hi]. */
+static struct reg wrap(int64_t lo, int64_t hi, int w32)
 {
+	if (!w32)
+		return lo >= 0 && hi <= SAFE ? scalar(lo, hi) : UNKNOWN;
+	if (lo < -SAFE || hi > SAFE)
+		return U32;
+	int64_t k = window32(lo);
+	return window32(hi) == k ? scalar(lo - k * TWO32, hi - k * TWO32) : U32;
+}
+
+/* The low 32 bits of a scalar: exact when its range lies within one 2^32-aligned window. */
+static struct reg trunc32(struct reg r)
+{
+	return r.hi == INF ? U32 : wrap(r.lo, r.hi, 1);
+}
+
+/* The smallest 2^k - 1 that is >= x (x <= 2^53 - 1): every bit a value <= x can have. */
+static int64_t bits_of(int64_t x)
+{
+	int64_t m = 0;
+	while (m < x)
+		m = m * 2 + 1;
+	return m;
+}
+
+/*
+ * The range of `a op b` for scalars. In 32-bit operations a and b are the operands' low 32 bits
+ * and the result is zero-extended. neg_imm: the source is an ALU64 immediate below zero, imm (b
+ * is then unknown: sign-extended, it is >= 2^63).
+ */
+static struct reg scalar_op(unsigned op, int sdivmod, struct reg a, struct reg b, int w32, int neg_imm, int64_t imm)
+{
+	struct reg full = w32 ? U32 : UNKNOWN;
 	int fin = a.hi != INF && b.hi != INF;
-	if (sdivmod)
-		return UNKNOWN;
+	int64_t bits = w32 ? 32 : 64;
+	if (sdivmod) /* signed = unsigned when both sign bits are clear */
+		return fin && (!w32 || (a.hi < ((int64_t)1 << 31) && b.hi < ((int64_t)1 << 31))) ? scalar_op(op, 0, a, b, w32, 0, 0) : full;
 	switch (op) {
-	case 0x00:
-		if (imm_given && imm < 0)
-			return a.hi != INF && a.lo + imm >= 0 ? scalar(a.lo + imm, a.hi + imm) : UNKNOWN;
-		return fin ? scalar(a.lo + b.lo, a.hi + b.hi) : UNKNOWN;
-	case 0x10:
-		if (imm_given && imm < 0)
-			return fin || a.hi != INF ? scalar(a.lo - imm, a.hi - imm) : UNKNOWN;
-		return fin && a.lo - b.hi >= 0 ? scalar(a.lo - b.hi, a.hi - b.lo) : UNKNOWN;
-	case 0x20:
+	case 0x00: /* add */
+		if (neg_imm)
+			return a.hi == INF ? UNKNOWN : wrap(a.lo + imm, a.hi + imm, 0);
+		return fin ? wrap(a.lo + b.lo, a.hi + b.hi, w32) : full;
+	case 0x10: /* sub */
+		if (neg_imm)
+			return a.hi == INF ? UNKNOWN : wrap(a.lo - imm, a.hi - imm, 0);
+		return fin ? wrap(a.lo - b.hi, a.hi - b.lo, w32) : full;
+	case 0x20: /* mul */
 		if (!fin || (b.hi != 0 && a.hi > SAFE / b.hi))
-			return UNKNOWN;
-		return scalar(a.lo * b.lo, a.hi * b.hi);
-	case 0x50:
-		if (imm_given && imm < 0)
+			return full;
+		return wrap(a.lo * b.lo, a.hi * b.hi, w32);
+	case 0x30: /* div: x / 0 = 0, and never more than x */
+		if (a.hi == INF)
+			return full;
+		return b.lo > 0 ? scalar(a.lo / b.hi, a.hi / b.lo) : scalar(0, a.hi);
+	case 0x90: /* mod: x % 0 = x, x % y = x when x < y, and never more than x or y - 1 */
+		if (a.hi < b.lo)
+			return a;
+		if (b.lo > 0 && b.hi != INF)
+			return scalar(0, a.hi < b.hi - 1 ? a.hi : b.hi - 1);
+		return a.hi == INF ? full : scalar(0, a.hi);
+	case 0x50: /* and */
+		if (neg_imm)
 			return a.hi == INF ? UNKNOWN : scalar(0, a.hi);
-		if (a.lo == a.hi && b.lo == b.hi && a.hi <= U32MAX && b.hi <= U32MAX)
+		if (a.lo == a.hi && b.lo == b.hi)
 			return konst(a.lo & b.lo);
+		/* a mask that keeps every bit the other side can have changes nothing */
+		if (b.lo == b.hi && a.hi != INF && (b.lo & bits_of(a.hi)) == bits_of(a.hi))
+			return a;
+		if (a.lo == a.hi && b.hi != INF && (a.lo & bits_of(b.hi)) == bits_of(b.hi))
+			return b;
 		return scalar(0, a.hi < b.hi ? a.hi : b.hi);
-	case 0x70:
-		if (b.lo == b.hi && b.lo < 64) {
-			if (a.hi == INF)
-				return b.lo == 0 ? UNKNOWN : b.lo >= 11 ? scalar(0, (int64_t)(UINT64_MAX >> b.lo)) : UNKNOWN;
-			return scalar(a.lo >> b.lo, a.hi >> b.lo);
-		}
-		return UNKNOWN;
-	case 0x30:
-		if (imm_given && imm > 0 && a.hi != INF)
-			return scalar(a.lo / imm, a.hi / imm);
-		return a.hi == INF ? UNKNOWN : scalar(0, a.hi);
-	case 0x90:
-		if (imm_given && imm > 0)
-			return scalar(0, a.hi == INF || a.hi > imm - 1 ? imm - 1 : a.hi);
-		return UNKNOWN;
-	default:
-		return UNKNOWN;
+	case 0x40: /* or */
+	case 0xa0: /* xor */
+		if (!fin)
+			return full;
+		if (a.lo == a.hi && b.lo == b.hi)
+			return konst(op == 0x40 ? (a.lo | b.lo) : (a.lo ^ b.lo));
+		return scalar(op == 0x40 ? (a.lo > b.lo ? a.lo : b.lo) : 0, bits_of(a.hi > b.hi ? a.hi : b.hi));
+	case 0x60: /* lsh */
+		if (a.hi == 0)
+			return a;
+		if (!fin || b.hi >= bits || a.hi > SAFE >> b.hi)
+			return full;
+		return wrap(a.lo << b.lo, a.hi << b.hi, w32);
+	case 0x70: /* rsh */
+	case 0xc0: { /* arsh: a logical shift while the sign bit is clear */
+		if (op == 0xc0 && (w32 ? a.hi >= ((int64_t)1 << 31) : a.hi == INF))
+			return full;
+		/* the amount is taken modulo the width: unknown amounts still never grow the value */
+		int64_t slo = b.hi < bits ? b.lo : 0, shi = b.hi < bits ? b.hi : bits - 1;
+		if (a.hi == INF)
+			return slo >= 11 ? scalar(0, (int64_t)(UINT64_MAX >> slo)) : UNKNOWN;
+		return scalar(a.lo >> shi, a.hi >> slo);
 	}
+	case 0x80: /* neg */
+		if (a.hi == 0)
+			return a;
+		return w32 && a.lo > 0 ? scalar(TWO32 - a.hi, TWO32 - a.lo) : full;
+	default:
+		return full;
+	}
+}
+
+/*
+ * Pointer p moved by a scalar in [lo, hi] (negated for a subtraction); refused when the scalar or
+ * the resulting offsets leave ±MAX_OFF, which keeps every sum exact (no saturation or wrap a far
+ * excursion could come back from "in bounds").
+ */
+static int move_pointer(uint32_t pc, struct reg *p, int64_t lo, int64_t hi)
+{
+	char range[64];
+	if (lo < -MAX_OFF || hi > MAX_OFF)
+		return fail(pc, "pointer arithmetic: the offset moves by %s, beyond ±%lld (bound the scalar first)",
+			    range_text(lo, hi, range, sizeof range), (long long)MAX_OFF);
+	p->lo += lo;
+	p->hi += hi;
+	if (p->lo < -MAX_OFF || p->hi > MAX_OFF)
+		return fail(pc, "pointer arithmetic out of range: offset %s leaves ±%lld", range_text(p->lo, p->hi, range, sizeof range),
+			    (long long)MAX_OFF);
+	return 0;
 }
 
 static int alu(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, const struct info *d)
@@ -823,15 +953,27 @@ static int alu(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, const
 	int w32 = d->width == 32;
 	unsigned dreg = kt_bpf__dst(i);
 	struct reg src = UNINIT, dst = UNINIT;
-	int imm_given = !d->reg_src;
-	if (d->reg_src)
+	int imm_given = !d->reg_src, neg_imm = 0;
+	/* immediates: ALU32 uses the low 32 bits, shifts mask the amount, ALU64 sign-extends */
+	if (d->reg_src) {
 		TRY(rd(st, pc, kt_bpf__src(i), &src));
-	else
-		src = w32 ? konst((uint32_t)i->imm) : i->imm >= 0 ? konst(i->imm) : UNKNOWN;
+	} else if (d->op == 0x60 || d->op == 0x70 || d->op == 0xc0) {
+		src = konst(i->imm & (w32 ? 31 : 63));
+	} else if (w32) {
+		src = konst((uint32_t)i->imm);
+	} else if (i->imm >= 0) {
+		src = konst(i->imm);
+	} else {
+		src = UNKNOWN;
+		neg_imm = 1;
+	}
 	if (d->op == 0xb0 && !i->off)
 		return wr(st, pc, dreg, w32 ? (src.t == T_S ? trunc32(src) : U32) : src);
-	if (d->op == 0xb0)
-		return wr(st, pc, dreg, w32 ? U32 : UNKNOWN);
+	if (d->op == 0xb0) {
+		/* sign extension from off bits changes nothing when that sign bit is clear */
+		struct reg x = src.t == T_S ? (w32 ? trunc32(src) : src) : UNKNOWN;
+		return wr(st, pc, dreg, src.t == T_S && x.hi < ((int64_t)1 << (i->off - 1)) ? x : w32 ? U32 : UNKNOWN);
+	}
 	TRY(rd(st, pc, dreg, &dst));
 	if ((dst.t == T_MV && dst.nul) || (src.t == T_MV && src.nul))
 		return fail(pc, "arithmetic on a map value pointer that may be null: null-check it first");
@@ -840,31 +982,22 @@ static int alu(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, const
 	int sdivmod = (d->op == 0x30 || d->op == 0x90) && i->off == 1;
 	if (w32) {
 		struct reg a = dst.t == T_S ? trunc32(dst) : U32, b = src.t == T_S ? trunc32(src) : U32;
-		struct reg r = scalar_op(d->op, sdivmod, a, b, 0, 0);
-		return wr(st, pc, dreg, r.t == T_S && r.hi <= U32MAX ? r : U32);
+		return wr(st, pc, dreg, scalar_op(d->op, sdivmod, a, b, 1, 0, 0));
 	}
 	if (is_ptr(&dst) || is_ptr(&src)) {
 		/* pointer +/- scalar keeps the pointer with an adjusted offset range; anything else is a scalar */
 		if (is_ptr(&dst) && src.t == T_S && (d->op == 0x00 || d->op == 0x10)) {
-			int64_t lo, hi;
-			if (imm_given)
-				lo = hi = d->op == 0x00 ? i->imm : -(int64_t)i->imm;
-			else if (d->op == 0x00)
-				lo = src.lo, hi = src.hi;
-			else
-				lo = sneg(src.hi), hi = sneg(src.lo);
-			dst.lo = sadd(dst.lo, lo);
-			dst.hi = sadd(dst.hi, hi);
+			int64_t lo = imm_given ? i->imm : src.lo, hi = imm_given ? i->imm : src.hi;
+			TRY(d->op == 0x00 ? move_pointer(pc, &dst, lo, hi) : move_pointer(pc, &dst, sneg(hi), sneg(lo)));
 			return wr(st, pc, dreg, dst);
 		}
 		if (is_ptr(&src) && dst.t == T_S && d->op == 0x00) {
-			src.lo = sadd(src.lo, dst.lo);
-			src.hi = sadd(src.hi, dst.hi);
+			TRY(move_pointer(pc, &src, dst.lo, dst.hi));
 			return wr(st, pc, dreg, src);
 		}
 		return wr(st, pc, dreg, UNKNOWN);
 	}
-	return wr(st, pc, dreg, scalar_op(d->op, sdivmod, dst, src, imm_given, i->imm));
+	return wr(st, pc, dreg, scalar_op(d->op, sdivmod, dst, src, 0, neg_imm, i->imm));
 }
 
 /* Condition codes reduced to the unsigned comparisons refine() knows. */
@@ -934,8 +1067,8 @@ static int branch(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, co
 	TRY(rd(st, pc, kt_bpf__dst(i), &a));
 	if (d->reg_src)
 		TRY(rd(st, pc, kt_bpf__src(i), &b));
-	else
-		b = i->imm >= 0 ? konst(i->imm) : UNKNOWN;
+	else /* JMP32 compares the low 32 bits with the immediate's 32 bits; JMP sign-extends it */
+		b = d->width == 32 ? konst((uint32_t)i->imm) : i->imm >= 0 ? konst(i->imm) : UNKNOWN;
 	*next = fall;
 	/* null check on a map-value-or-null pointer */
 	if (a.t == T_MV && a.nul && !d->reg_src && i->imm == 0 && d->width == 64 && (d->op == 0x10 || d->op == 0x50)) {
@@ -944,8 +1077,11 @@ static int branch(uint32_t pc, struct state *st, const struct kt_bpf_insn *i, co
 		mark_null(d->op == 0x10 ? st : js, a.id, 0);
 		return S_BOTH;
 	}
+	/* signed = unsigned while both sign bits are clear; a 32-bit comparison is the 64-bit one
+	 * when both values fit in 32 bits */
 	int sgn = d->op == 0x60 || d->op == 0x70 || d->op == 0xc0 || d->op == 0xd0;
-	if (d->width != 64 || a.t != T_S || b.t != T_S || d->op == 0x40 || (sgn && (a.hi == INF || b.hi == INF))) {
+	int64_t limit = d->width == 32 ? (sgn ? 0x7fffffff : U32MAX) : sgn ? SAFE : INF;
+	if (a.t != T_S || b.t != T_S || d->op == 0x40 || a.hi > limit || b.hi > limit) {
 		*js = *st;
 		return S_BOTH;
 	}
@@ -1033,18 +1169,22 @@ static int step(uint32_t pc, struct state *st, uint32_t *next, struct state *js)
 	case K_ALU:
 		TRY(alu(pc, st, i, d));
 		return S_NEXT;
-	case K_END:
+	case K_END: {
+		/* le (ALU32 class, source K) truncates on this little-endian machine; a swap keeps only the width */
+		int w = i->imm;
 		TRY(rd(st, pc, dreg, &x));
-		TRY(wr(st, pc, dreg, d->width == 64 ? UNKNOWN : scalar(0, ((int64_t)1 << d->width) - 1)));
+		y = w == 64 ? UNKNOWN : scalar(0, ((int64_t)1 << w) - 1);
+		if (x.t == T_S && d->width == 32 && !(i->code & 8))
+			y = w == 64 ? x : w == 32 ? trunc32(x) : x.hi < 65536 ? x : y;
+		TRY(wr(st, pc, dreg, y));
 		return S_NEXT;
+	}
 	case K_LDDW:
 		*next = pc + 2;
 		if (d->op == 0) {
 			uint64_t k = (uint32_t)i->imm | (uint64_t)(uint32_t)v.insns[pc + 1].imm << 32;
 			TRY(wr(st, pc, dreg, k <= (uint64_t)SAFE ? konst((int64_t)k) : UNKNOWN));
-		} else if (d->op == KT_BPF_PSEUDO_MAP) {
-			if (i->imm < 0 || (uint32_t)i->imm >= v.nmaps)
-				return fail(pc, "unknown map %d", i->imm);
+		} else if (d->op == KT_BPF_PSEUDO_MAP) { /* the static checks made sure the map exists */
 			struct reg m = { T_MAP, (uint8_t)i->imm, 0, 0, 0, 0, 0 };
 			TRY(wr(st, pc, dreg, m));
 		} else {
@@ -1072,6 +1212,13 @@ static int step(uint32_t pc, struct state *st, uint32_t *next, struct state *js)
 		if (d->op == 0xf0)
 			TRY(rd(st, pc, 0, &y));
 		TRY(access(st, pc, dreg, i->off, size, 0, NULL, &y));
+		/* contexts, map values and the stack are 8-byte aligned, so the offset decides; a
+		 * misaligned atomic can split a cache line (a bus lock, fatal under split-lock detection) */
+		if (st->regs[dreg].lo != st->regs[dreg].hi || (st->regs[dreg].lo + i->off) % size) {
+			char range[64];
+			return fail(pc, "misaligned atomic access: offset %s is not %u-byte aligned",
+				    range_text(st->regs[dreg].lo + i->off, st->regs[dreg].hi + i->off, range, sizeof range), size);
+		}
 		TRY(access(st, pc, dreg, i->off, size, 1, &UNKNOWN, &y));
 		if (d->op == 0xf0)
 			st->regs[0] = size == 4 ? U32 : UNKNOWN;
@@ -1180,6 +1327,7 @@ int kt_bpf__verify(const struct kt_bpf_insn *insns, uint32_t n, const struct kt_
 	memset(v.second, 0, n);
 	memset(v.prune, 0, n);
 	memset(v.live, 0, n * sizeof v.live[0]);
+	memset(v.rel, 0, n * sizeof v.rel[0]);
 	memset(v.at_pc, 0, n * sizeof v.at_pc[0]);
 	memset(v.call_map, 0, n);
 	memset(v.bucket, 0, sizeof v.bucket);
