@@ -9,6 +9,7 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { readMapDirectory } from '../bpf/guest-maps.js';
+import { cpusAllowed } from '../kvm/sys.js';
 import { findHook } from '../bpf/hooks.js';
 import { encodeImage, imageFromAssembly, imageFromFile, verifyImage } from '../bpf/image.js';
 import { loadImageFile } from '../loader/image.js';
@@ -40,11 +41,6 @@ export interface AffinityDemoReport {
   last: { vcpu: number; requested: number; chosen: number; decisions: number } | undefined;
   /** How the VM ended (the guest returns 0 after its last request). */
   run: VmResult;
-}
-
-/** Cpus_allowed_list of one thread of this process. */
-export function cpusAllowed(tid: number): string {
-  return /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/self/task/${tid}/status`, 'utf8'))?.[1] ?? '?';
 }
 
 /** Options of {@link runAffinityDemo}. */

@@ -6,6 +6,7 @@
  * variadic calls are slower and the kernel reads the argument as an unsigned long anyway.
  */
 import koffi from 'koffi';
+import { readFileSync } from 'node:fs';
 import os from 'node:os';
 
 const libc = koffi.load('libc.so.6');
@@ -300,6 +301,13 @@ export function schedGetaffinity(tid = 0): number[] {
   const cpus: number[] = [];
   for (let c = 0; c < mask.length * 8; c++) if (mask[c >> 3]! & (1 << (c & 7))) cpus.push(c);
   return cpus;
+}
+
+/** Cpus_allowed_list of a thread of this process, as /proc/self/task/<tid>/status shows it. */
+export function cpusAllowed(tid: number): string {
+  const m = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/self/task/${tid}/status`, 'utf8'));
+  if (!m) throw new Error(`no Cpus_allowed_list in /proc/self/task/${tid}/status`);
+  return m[1]!;
 }
 
 const SYS_BPF = 321;

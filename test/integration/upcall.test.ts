@@ -6,14 +6,15 @@
  * The guest is guest/tests/upcall-driver.c.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { schedGetaffinity } from '../../src/kvm/sys.js';
+import { fnv1a32 } from '../../src/bpf/guest-maps.js';
+import { cpusAllowed, schedGetaffinity } from '../../src/kvm/sys.js';
 import { UpcallClient } from '../../src/upcall/client.js';
 import { UpcallTimeoutError, type AffinityEvent, type LoadStatus } from '../../src/upcall/upcall-host.js';
 import { Vm, type VmOptions } from '../../src/vmm/vm.js';
@@ -25,11 +26,6 @@ const WINDOW = 1 << 24;
 /** Guest RAM of the fuzz test's VM, in MiB (the guest aims its hostile COPYs around its end). */
 const FUZZ_RAM_MIB = 64;
 
-function fnv1a(bytes: Uint8Array): number {
-  let h = 0x811c9dc5;
-  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h;
-}
 
 interface Loaded {
   hook: number;
@@ -90,7 +86,7 @@ for (const path of ['COPY', 'window'] as const) {
       },
     });
     assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
-    assert.deepEqual(d.g.loads, images.map((img, i) => ({ hook: i + 1, len: img.length, sum: fnv1a(img) })));
+    assert.deepEqual(d.g.loads, images.map((img, i) => ({ hook: i + 1, len: img.length, sum: fnv1a32(img) })));
     assert.deepEqual(d.g.unloads, [9]);
     assert.deepEqual(results, [
       { status: 0, pc: null, seq: 1 },
@@ -128,11 +124,6 @@ test('a guest that never ACKs: the command times out, and the guest sees it canc
   assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
   assert.ok(d.g.values.includes(0xcan), 'the guest saw CMD_CANCELLED with no command left');
 });
-
-/** Cpus_allowed_list of a thread of this process. */
-function cpusAllowed(tid: number): string {
-  return /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/self/task/${tid}/status`, 'utf8'))![1]!;
-}
 
 test('AFFINITY pins the vCPU thread; bad and disallowed CPUs get -EINVAL, the VM goes on', async (t) => {
   if (!requireKvm(t)) return;
@@ -220,7 +211,7 @@ test('endpoint: LOAD/UNLOAD through the Unix socket by VM name, TCP with the rig
     },
   });
   assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
-  assert.deepEqual(d.g.loads.map((l) => [l.hook, l.sum]), [[7, fnv1a(img)], [8, fnv1a(img)]]);
+  assert.deepEqual(d.g.loads.map((l) => [l.hook, l.sum]), [[7, fnv1a32(img)], [8, fnv1a32(img)]]);
   assert.throws(() => statSync(join(dir, 'up1.upcall.sock')), /ENOENT/, 'the socket is removed when the VM closes');
 });
 
@@ -284,13 +275,13 @@ for (const path of ['COPY', 'window'] as const) {
     });
     assert.deepEqual(r.result, { kind: 'exit', status: 0, cpu: 0 }, r.console);
     assert.deepEqual(result, { status: 0, pc: null, seq: 1 });
-    assert.deepEqual(d.g.loads, [{ hook: 3, len: 3000, sum: fnv1a(img) }]);
+    assert.deepEqual(d.g.loads, [{ hook: 3, len: 3000, sum: fnv1a32(img) }]);
     // The guest's own account of its hostile COPYs: some copied (into its scratch buffer, the
     // right bytes), every refusal was the errno it expected.
     const [copies, surprises, scratchSum] = d.g.fuzz;
     assert.equal(surprises, 0n, r.console);
     assert.ok(copies! > 0n, `copies ${copies}`);
-    assert.equal(scratchSum, BigInt(fnv1a(img)));
+    assert.equal(scratchSum, BigInt(fnv1a32(img)));
     const c = counters!;
     assert.ok(c.reads + c.writes >= 4000, `accesses ${c.reads + c.writes}`);
     assert.ok(c.badSize > 300 && c.badOffset > 0 && c.readOnlyWrites > 0 && c.staleAcks > 0 && c.affinityRequests > 0, JSON.stringify(c));

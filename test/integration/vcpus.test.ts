@@ -3,7 +3,7 @@
  * modules both have to get vCPU threads out of KVM_RUN (immediate_exit + signal).
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { cpusAllowed } from '../../src/kvm/sys.js';
 import os from 'node:os';
 import { test } from 'node:test';
 import { STOPPED_STATUS } from '../../src/vmm/outcome.js';
@@ -61,7 +61,7 @@ test('pinVcpu restricts a running vCPU thread to the given host CPUs', async (t)
       await waitFor(() => text().includes('spinning\n'), 10_000, 'the guest to print "spinning"');
       vm.pinVcpu(0, [last]);
       const tid = vm.vcpuThreadId(0);
-      allowed = /Cpus_allowed_list:\s*(\S+)/.exec(readFileSync(`/proc/self/task/${tid}/status`, 'utf8'))?.[1] ?? '';
+      allowed = cpusAllowed(tid);
       assert.throws(() => vm.pinVcpu(0, [4096]), RangeError);
       assert.throws(() => vm.pinVcpu(7, [0]), RangeError);
       vm.stop();

@@ -24,6 +24,7 @@ import { buildRuntimeHost, hex, parseVerdicts, runHost, type RuntimeHost } from 
 import { RANGE_ACCEPTED, RANGE_REJECTED, arithmeticProgram } from '../helpers/bpf-range-programs.js';
 import { rng } from '../helpers/rng.js';
 import { verifierStressPrograms } from '../helpers/bpf-stress.js';
+import { fnv1a32 } from '../../src/bpf/guest-maps.js';
 
 let host: RuntimeHost;
 before(() => {
@@ -541,11 +542,6 @@ describe('eBPF runtime in C: fuzz', () => {
 // ---------------------------------------------------------------- (d) maps, pool, hooks
 const le32 = (b: Uint8Array, o: number) => new DataView(b.buffer, b.byteOffset).getUint32(o, true);
 const le64 = (b: Uint8Array, o: number) => new DataView(b.buffer, b.byteOffset).getBigUint64(o, true);
-function fnv1a(bytes: Uint8Array): number {
-  let h = 0x811c9dc5;
-  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h;
-}
 const key = (...b: number[]) => Uint8Array.from(b);
 const val = (n: number, len: number) => Uint8Array.from({ length: len }, (_, i) => (n + i) & 0xff);
 
@@ -615,7 +611,7 @@ describe('eBPF runtime in C: maps', () => {
     const live = new Map<number, Uint8Array>([[1, val(120, 10)], [2, val(130, 10)], [4, val(150, 10)], [5, val(160, 10)]]);
     for (const [id, value] of live) {
       const k6 = key(id, 1, 2, 3, 4, 5);
-      const h = fnv1a(k6);
+      const h = fnv1a32(k6);
       let i = h & 7;
       while (le32(hb, i * slot) !== 0 && !(le32(hb, i * slot) === 1 && Buffer.from(hb.subarray(i * slot + 8, i * slot + 14)).equals(Buffer.from(k6)))) i = (i + 1) & 7;
       const s = hb.subarray(i * slot, (i + 1) * slot);
